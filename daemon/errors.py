@@ -1,0 +1,124 @@
+"""The project's exceptions.
+
+Each carries structured fields and builds its own message, so callers branch on the
+type and the CLI (the one place that maps errors to exit codes) prints ``str(exc)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class VigilError(Exception):
+    """Base of every error vigil reports to an operator."""
+
+    #: Process exit code the CLI uses for this kind of error.
+    exit_code: int = 1
+
+
+class KeyFileError(VigilError):
+    """The key file is missing, malformed, or readable by group or others."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"key file {path}: {problem}")
+
+
+class WrongKeyError(VigilError):
+    """A journal cannot be decrypted with any key in the keyring."""
+
+    exit_code = 3
+
+    def __init__(self, journal: Path, key_id: str, keyring: str) -> None:
+        self.journal = journal
+        self.key_id = key_id
+        self.keyring = keyring
+        super().__init__(
+            f"journal {journal}: written with key id {key_id!r}, which the keyring "
+            f"{keyring} cannot decrypt (wrong key file?); nothing was changed"
+        )
+
+
+class JournalCorruptError(VigilError):
+    """A record before the tail of a journal is damaged: never skipped silently."""
+
+    exit_code = 4
+
+    def __init__(self, path: Path, line: int, seq: int | None, problem: str) -> None:
+        self.path = path
+        self.line = line
+        self.seq = seq
+        self.problem = problem
+        where = f"line {line}" + (f" (sequence {seq})" if seq is not None else "")
+        super().__init__(
+            f"journal {path}: {where}: {problem}; records after it are intact, so this "
+            "is corruption or tampering, not a torn write. Nothing was changed; restore "
+            "the file from a backup or move it aside to start that conversation afresh"
+        )
+
+
+class JournalVersionError(VigilError):
+    """A journal record uses a format version this build does not understand."""
+
+    exit_code = 4
+
+    def __init__(self, path: Path, line: int, version: object, supported: int) -> None:
+        self.path = path
+        self.line = line
+        self.version = version
+        self.supported = supported
+        super().__init__(
+            f"journal {path}: line {line}: format version {version!r} is newer than this "
+            f"vigil understands (up to {supported}); upgrade vigil. Nothing was changed"
+        )
+
+
+class JournalWriteError(VigilError):
+    """An append could not be written (for example the disk is full).
+
+    The journal was restored to its last complete record; the event was not shown.
+    """
+
+    exit_code = 5
+
+    def __init__(self, path: Path, errno_name: str, detail: str) -> None:
+        self.path = path
+        self.errno_name = errno_name
+        self.detail = detail
+        super().__init__(f"journal {path}: write failed ({errno_name}): {detail}")
+
+
+class JournalFatalError(VigilError):
+    """fsync failed, or the file could not be restored after a failed write.
+
+    The process must exit: after a failed fsync the kernel may have dropped the dirty
+    pages, so retrying on the same descriptor could acknowledge lost data.
+    """
+
+    exit_code = 6
+
+    def __init__(self, path: Path, errno_name: str, detail: str) -> None:
+        self.path = path
+        self.errno_name = errno_name
+        self.detail = detail
+        super().__init__(
+            f"journal {path}: {detail} ({errno_name}); exiting without acknowledging "
+            "the record. Every record acknowledged before this is on disk"
+        )
+
+
+class StateLockedError(VigilError):
+    """Another vigil process already runs on this state directory."""
+
+    exit_code = 7
+
+    def __init__(self, lock_path: Path, holder: str) -> None:
+        self.lock_path = lock_path
+        self.holder = holder
+        super().__init__(
+            f"another vigil is already running on this state directory "
+            f"(lock {lock_path} held{(' by ' + holder) if holder else ''})"
+        )

@@ -1,0 +1,149 @@
+"""Journal record framing: one JSON object per line, the event sealed with AES-256-GCM.
+
+A line looks like::
+
+    {"v":1,"c":"inbox","s":12,"k":"3f9a0c1e","n":"<base64 nonce>","d":"<base64 ciphertext>"}
+
+``v`` format version, ``c`` stream (conversation) ID, ``s`` sequence number (from 1,
+no gaps), ``k`` key ID, ``n`` a random 96-bit nonce, ``d`` the ciphertext with its tag.
+The associated data binds ``v``, ``c``, ``s`` and ``k``: a line edited, swapped,
+duplicated or moved to another file fails to authenticate or to match its position.
+Pure functions only: no I/O here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+
+from daemon.keyring import Keyring
+
+FORMAT_VERSION = 1
+NONCE_BYTES = 12
+STREAM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+class FrameProblem(StrEnum):
+    UNPARSEABLE = "unparseable"
+    VERSION = "unsupported format version"
+    UNKNOWN_KEY = "unknown key id"
+    AUTH = "authentication failed"
+    STREAM = "record belongs to another conversation"
+
+
+@dataclass(frozen=True)
+class FrameError(Exception):
+    problem: FrameProblem
+    detail: str
+    seq: int | None = None
+    key_id: str | None = None
+    version: object = None
+
+    def __str__(self) -> str:
+        return f"{self.problem.value}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Frame:
+    seq: int
+    key_id: str
+    payload: bytes
+
+
+def check_stream_id(stream_id: str) -> str:
+    if not STREAM_ID_RE.match(stream_id):
+        raise ValueError(
+            f"bad journal stream id {stream_id!r}: letters, digits, '_', '.', ':' and '-', "
+            "at most 128 characters"
+        )
+    return stream_id
+
+
+def associated_data(version: int, stream_id: str, seq: int, key_id: str) -> bytes:
+    return f"vigil-journal\x00{version}\x00{stream_id}\x00{seq}\x00{key_id}".encode()
+
+
+def seal(keyring: Keyring, stream_id: str, seq: int, payload: bytes) -> bytes:
+    """The complete line (with its newline) for ``payload`` at ``seq``.
+
+    ``stream_id`` must already satisfy :func:`check_stream_id` (it is embedded verbatim).
+    """
+    key_id = keyring.current_id
+    nonce = os.urandom(NONCE_BYTES)
+    aad = associated_data(FORMAT_VERSION, stream_id, seq, key_id)
+    ct = keyring.current_cipher().encrypt(nonce, payload, aad)
+    n = base64.b64encode(nonce).decode("ascii")
+    d = base64.b64encode(ct).decode("ascii")
+    return (
+        f'{{"v":{FORMAT_VERSION},"c":"{stream_id}","s":{seq},"k":"{key_id}","n":"{n}","d":"{d}"}}\n'
+    ).encode("ascii")
+
+
+def seal_json(keyring: Keyring, stream_id: str, seq: int, event: dict[str, Any]) -> bytes:
+    return seal(keyring, stream_id, seq, encode_payload(event))
+
+
+def encode_payload(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def open_line(keyring: Keyring, stream_id: str, line: bytes) -> Frame:
+    """Authenticate and decrypt one line (without its newline) of stream ``stream_id``."""
+    try:
+        env = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        raise FrameError(FrameProblem.UNPARSEABLE, "not a JSON object") from None
+    if not isinstance(env, dict):
+        raise FrameError(FrameProblem.UNPARSEABLE, "not a JSON object")
+    version = env.get("v")
+    if version != FORMAT_VERSION:
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise FrameError(FrameProblem.VERSION, f"version {version}", version=version)
+        raise FrameError(FrameProblem.UNPARSEABLE, f"bad version field {version!r}")
+    seq, key_id, stream, n, d = env.get("s"), env.get("k"), env.get("c"), env.get("n"), env.get("d")
+    if not (
+        isinstance(seq, int)
+        and isinstance(key_id, str)
+        and isinstance(stream, str)
+        and isinstance(n, str)
+        and isinstance(d, str)
+    ):
+        raise FrameError(FrameProblem.UNPARSEABLE, "missing or mistyped fields")
+    if stream != stream_id:
+        raise FrameError(
+            FrameProblem.STREAM, f"it names {stream!r}, this file is {stream_id!r}", seq=seq
+        )
+    cipher = keyring.cipher(key_id)
+    if cipher is None:
+        raise FrameError(
+            FrameProblem.UNKNOWN_KEY, f"key id {key_id!r} is not in the keyring", seq, key_id
+        )
+    try:
+        nonce = base64.b64decode(n, validate=True)
+        ct = base64.b64decode(d, validate=True)
+    except (binascii.Error, ValueError):
+        raise FrameError(FrameProblem.UNPARSEABLE, "bad base64", seq=seq) from None
+    if len(nonce) != NONCE_BYTES:
+        raise FrameError(FrameProblem.UNPARSEABLE, "bad nonce length", seq=seq)
+    try:
+        payload = cipher.decrypt(nonce, ct, associated_data(version, stream_id, seq, key_id))
+    except InvalidTag:
+        raise FrameError(
+            FrameProblem.AUTH, "the record was altered or sealed with another key", seq, key_id
+        ) from None
+    return Frame(seq, key_id, payload)
+
+
+def decode_payload(payload: bytes) -> dict[str, Any]:
+    obj = json.loads(payload)
+    if not isinstance(obj, dict):
+        raise ValueError("journal payload is not a JSON object")
+    return obj
