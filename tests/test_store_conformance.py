@@ -26,7 +26,7 @@ def test_sdk_conformance_suite_passes_with_no_optional_method_skipped(tmp_path: 
     # The suite skips contracts for optional methods it does not detect; make sure it
     # detects all four on our store, so every contract really ran.
     probe = make_store()
-    assert [m for m in OPTIONAL if not _has_optional(probe, m, frozenset())] == []  # type: ignore[arg-type]  # our store is a structural SessionStore; the helper is typed on the Protocol
+    assert [m for m in OPTIONAL if not _has_optional(probe, m, frozenset())] == []
     asyncio.run(run_session_store_conformance(make_store, skip_optional=frozenset()))
 
 
