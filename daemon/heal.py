@@ -90,6 +90,7 @@ def fold(
     """Turns in sequence order; an unfinished last turn gets ``open_turn_status``."""
     view = ConversationView()
     by_turn: dict[int, TurnView] = {}
+    last_total = 0.0  # the CLI reports a running total per session; a turn costs the step
     for ev in events:
         kind = event_type(ev)
         if kind == "session_bound":
@@ -129,6 +130,10 @@ def fold(
         if t_or_none is None:
             continue
         _apply(t_or_none, kind, ev)
+        total = ev.get("session_cost_usd")
+        if kind == "result" and isinstance(total, int | float):
+            t_or_none.cost_usd = round(max(0.0, total - last_total), 6)
+            last_total = total
     for t in view.turns:
         if not t.reply and t.deltas:
             t.reply = "".join(t.deltas)
@@ -145,7 +150,6 @@ def _apply(t: TurnView, kind: str, ev: Event) -> None:
         t.tools.append(str(ev.get("name", "")))
     elif kind == "result":
         t.session_id = ev.get("session_id") or t.session_id
-        t.cost_usd = ev.get("cost_usd")
         t.is_error = bool(ev.get("is_error"))
         text = ev.get("text")
         if isinstance(text, str) and text:

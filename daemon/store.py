@@ -155,6 +155,14 @@ class JournalSessionStore:
             if s.key[0] == key["project_key"] and s.key[1] == key["session_id"] and s.key[2]
         )
 
+    # --- vigil's own queries ---------------------------------------------------------------
+
+    def has_session(self, session_id: str) -> bool:
+        """Whether a main transcript for ``session_id`` exists (under any project key)."""
+        return any(
+            s.key[1] == session_id and s.key[2] is None for s in self._all_streams().values()
+        )
+
     # --- internals -----------------------------------------------------------------------
 
     def _all_streams(self) -> dict[str, _Stream]:

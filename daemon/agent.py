@@ -1,0 +1,245 @@
+"""The one module that drives ``claude_agent_sdk``: clients, messages and errors.
+
+:class:`AgentSession` holds one connected ``ClaudeSDKClient`` (one CLI subprocess) for
+one conversation. It turns every SDK message into vigil events (:func:`translate`,
+pure) and hands each to ``emit`` *as it arrives*; the caller journals it before
+anything shows it. Failures come out as :class:`AgentFailure` with a reason code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from claude_agent_sdk import (
+    AssistantMessage,
+    ClaudeAgentOptions,
+    ClaudeSDKClient,
+    ClaudeSDKError,
+    ResultMessage,
+    StreamEvent,
+    TextBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+    UserMessage,
+)
+
+from daemon import events as ev
+from daemon.events import Event
+from daemon.store import JournalSessionStore
+
+FailureReason = Literal[
+    "connect_failed", "resume_rejected", "cli_died", "model_error", "timeout", "interrupted"
+]
+PermissionMode = Literal["default", "acceptEdits", "plan", "bypassPermissions"]
+
+
+class AgentFailure(Exception):
+    """A turn (or a connect) did not complete. ``reason`` is a stable code."""
+
+    def __init__(self, reason: FailureReason, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """What the SDK needs to know about a conversation, from the job's config."""
+
+    cwd: Path
+    env: dict[str, str]
+    model: str | None = None
+    system_prompt: str | None = None
+    allowed_tools: list[str] | None = None
+    permission_mode: PermissionMode = "default"
+    max_turns: int | None = None
+
+
+@dataclass(frozen=True)
+class ConnectPlan:
+    """How to attach to the conversation's SDK session."""
+
+    session_id: str
+    resume: bool  # False: first connect, assign ``session_id``
+    resume_at: str | None = None  # keep the transcript up to this entry
+    drops_turn: str | None = None  # prompt uuid of the turn being discarded
+
+
+@dataclass(frozen=True)
+class TurnOutcome:
+    session_id: str
+    is_error: bool
+    api_error_status: int | None
+    errors: list[str]
+
+
+Emit = Callable[[Event], object]
+
+
+def translate(message: object, turn: int) -> list[Event]:
+    """vigil events for one SDK message (pure; unknown messages yield nothing)."""
+    if isinstance(message, StreamEvent):
+        raw = message.event
+        if raw.get("type") == "content_block_delta":
+            d = raw.get("delta") or {}
+            if d.get("type") == "text_delta" and d.get("text"):
+                return [ev.delta(turn, str(d["text"]))]
+        return []
+    if isinstance(message, AssistantMessage):
+        out: list[Event] = []
+        text = "".join(b.text for b in message.content if isinstance(b, TextBlock))
+        out.append(ev.assistant(turn, text, uuid=message.uuid, model=message.model))
+        for block in message.content:
+            if isinstance(block, ToolUseBlock):
+                out.append(ev.tool_use(turn, block.id, block.name, block.input))
+        return out
+    if isinstance(message, UserMessage) and isinstance(message.content, list):
+        return [
+            ev.tool_result(turn, b.tool_use_id, b.content, is_error=bool(b.is_error))
+            for b in message.content
+            if isinstance(b, ToolResultBlock)
+        ]
+    if isinstance(message, ResultMessage):
+        return [
+            ev.result(
+                turn,
+                session_id=message.session_id,
+                is_error=message.is_error,
+                subtype=message.subtype,
+                text=message.result,
+                session_cost_usd=message.total_cost_usd,  # running total for the session
+                usage=message.usage,
+                duration_ms=message.duration_ms,
+                num_turns=message.num_turns,
+            )
+        ]
+    return []
+
+
+class AgentSession:
+    """One conversation's SDK client. Use from one task at a time."""
+
+    def __init__(self, spec: AgentSpec, store: JournalSessionStore) -> None:
+        self.spec = spec
+        self.store = store
+        self._client: ClaudeSDKClient | None = None
+        self._stderr: deque[str] = deque(maxlen=20)
+        self.session_id: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    def cli_pid(self) -> int | None:
+        """PID of the CLI subprocess, when connected (for operators and tests)."""
+        transport = getattr(self._client, "_transport", None)
+        process = getattr(transport, "_process", None)
+        pid = getattr(process, "pid", None)
+        return pid if isinstance(pid, int) else None
+
+    async def connect(self, plan: ConnectPlan) -> None:
+        options = self._options(plan)
+        client = ClaudeSDKClient(options)
+        try:
+            await client.connect()
+        except Exception as exc:  # the SDK raises several types here; all mean "no client"
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+            text = f"{type(exc).__name__}: {exc}"
+            if "Resume rejected" in text:
+                raise AgentFailure("resume_rejected", text) from exc
+            raise AgentFailure("connect_failed", self._with_stderr(text)) from exc
+        self._client = client
+        self.session_id = plan.session_id
+
+    async def run_turn(self, prompt: str, prompt_uuid: str, turn: int, emit: Emit) -> TurnOutcome:
+        """Send ``prompt``; emit every event as it arrives; return the result."""
+        client = self._client
+        if client is None:
+            raise AgentFailure("connect_failed", "not connected")
+        outcome: TurnOutcome | None = None
+        try:
+            await client.query(_prompt_stream(prompt, prompt_uuid))
+            async for message in client.receive_response():
+                for event in translate(message, turn):
+                    emit(event)
+                if isinstance(message, ResultMessage):
+                    self.session_id = message.session_id
+                    outcome = TurnOutcome(
+                        message.session_id,
+                        message.is_error,
+                        message.api_error_status,
+                        [str(e) for e in (message.errors or [])],
+                    )
+        except ClaudeSDKError as exc:
+            await self.disconnect()
+            raise AgentFailure(
+                "cli_died", self._with_stderr(f"{type(exc).__name__}: {exc}")
+            ) from exc
+        if outcome is None:
+            await self.disconnect()
+            raise AgentFailure(
+                "cli_died", self._with_stderr("the CLI ended the turn without a result")
+            )
+        return outcome
+
+    async def interrupt(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._client.interrupt(), timeout=5)
+
+    async def disconnect(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), timeout=10)
+
+    def _options(self, plan: ConnectPlan) -> ClaudeAgentOptions:
+        spec = self.spec
+        kwargs: dict[str, Any] = {
+            "cwd": str(spec.cwd),
+            "env": spec.env,
+            "include_partial_messages": True,
+            "setting_sources": [],
+            "session_store": self.store,
+            "session_store_flush": "eager",
+            "permission_mode": spec.permission_mode,
+            "stderr": self._stderr.append,
+        }
+        if plan.resume:
+            kwargs["resume"] = plan.session_id
+            if plan.resume_at:
+                kwargs["resume_session_at"] = plan.resume_at
+                if plan.drops_turn:
+                    kwargs["resume_drops_turn"] = plan.drops_turn
+        else:
+            kwargs["session_id"] = plan.session_id
+        if spec.model:
+            kwargs["model"] = spec.model
+        if spec.system_prompt:
+            kwargs["system_prompt"] = spec.system_prompt
+        if spec.allowed_tools is not None:
+            kwargs["allowed_tools"] = spec.allowed_tools
+        if spec.max_turns is not None:
+            kwargs["max_turns"] = spec.max_turns
+        return ClaudeAgentOptions(**kwargs)
+
+    def _with_stderr(self, text: str) -> str:
+        tail = " | ".join(line.strip() for line in self._stderr if line.strip())
+        return f"{text} (CLI stderr: {tail[-600:]})" if tail else text
+
+
+async def _prompt_stream(prompt: str, prompt_uuid: str) -> AsyncIterator[dict[str, Any]]:
+    """The prompt as a streamed user message carrying our uuid (for replay later)."""
+    yield {
+        "type": "user",
+        "message": {"role": "user", "content": prompt},
+        "parent_tool_use_id": None,
+        "uuid": prompt_uuid,
+    }

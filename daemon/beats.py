@@ -1,0 +1,163 @@
+"""One beat of one conversation: the turn's life from ``turn_started`` to its end.
+
+Every step is journaled through ``Conversation.record`` before it is shown. A turn
+ends exactly one way: ``turn_completed``, ``turn_failed`` (with a reason code) or
+``turn_interrupted`` (drain or cancellation). The journal is synced at the boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+from daemon import events as ev
+from daemon.agent import AgentFailure, AgentSession, ConnectPlan
+from daemon.conversation import Conversation
+from daemon.events import Trigger
+
+Outcome = Literal["completed", "failed", "interrupted", "skipped"]
+
+
+@dataclass
+class ResumePoint:
+    """Set after healing an interrupted turn: the next connect drops that half turn."""
+
+    resume_at: str | None
+    drops_turn: str | None
+    fresh_session: bool = False  # nothing completed yet: start the session afresh
+
+
+@dataclass
+class BeatResult:
+    turn: int
+    outcome: Outcome
+    reason: str | None = None
+    detail: str | None = None
+
+
+class BeatRunner:
+    """Runs beats for one conversation, one at a time."""
+
+    def __init__(
+        self,
+        conversation: Conversation,
+        agent: AgentSession,
+        *,
+        job: str,
+        cwd: str,
+        turn_timeout: timedelta,
+        has_transcript: Callable[[str], bool],
+    ) -> None:
+        self.conversation = conversation
+        self.agent = agent
+        self.job = job
+        self.cwd = cwd
+        self.turn_timeout = turn_timeout
+        self.has_transcript = has_transcript
+        self.resume_point: ResumePoint | None = None
+        self.last: BeatResult | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.conversation.busy
+
+    def skip(self, reason: str, detail: str = "") -> BeatResult:
+        conv = self.conversation
+        turn = conv.state.next_turn
+        conv.record(ev.beat_skipped(turn, reason, detail))
+        conv.turn_boundary()
+        self.last = BeatResult(turn, "skipped", reason, detail)
+        return self.last
+
+    async def beat(self, prompt: str, trigger: Trigger) -> BeatResult:
+        """Run one turn. Callers must check :attr:`busy` first (one turn at a time)."""
+        conv = self.conversation
+        if conv.busy:
+            return self.skip("previous_turn_running", "a beat came due while a turn was running")
+        conv.busy = True
+        turn = conv.state.next_turn
+        prompt_uuid = str(uuid.uuid4())
+        try:
+            conv.record(
+                {
+                    **ev.turn_started(turn, prompt, job=self.job, trigger=trigger),
+                    "prompt_uuid": prompt_uuid,
+                }
+            )
+            try:
+                async with asyncio.timeout(self.turn_timeout.total_seconds()):
+                    await self._ensure_connected()
+                    outcome = await self.agent.run_turn(prompt, prompt_uuid, turn, conv.record)
+            except TimeoutError:
+                await self.agent.interrupt()
+                await self.agent.disconnect()
+                result = self._end_failed(
+                    turn, "timeout", f"the turn ran longer than turn_timeout ({self.turn_timeout})"
+                )
+            except AgentFailure as failure:
+                await self.agent.disconnect()
+                result = self._end_failed(turn, failure.reason, failure.detail)
+            except asyncio.CancelledError:
+                await self.agent.interrupt()
+                await self.agent.disconnect()
+                conv.record(ev.turn_interrupted(turn, "shutdown"))
+                self.last = BeatResult(turn, "interrupted", "shutdown")
+                raise
+            else:
+                if outcome.is_error:
+                    status = f"HTTP {outcome.api_error_status}" if outcome.api_error_status else ""
+                    detail = (
+                        "; ".join(x for x in [status, *outcome.errors] if x)
+                        or "the model API failed"
+                    )
+                    reason = (
+                        "auth_failed" if outcome.api_error_status in (401, 403) else "model_error"
+                    )
+                    result = self._end_failed(turn, reason, detail)
+                else:
+                    conv.record(ev.turn_completed(turn))
+                    result = BeatResult(turn, "completed")
+            self.last = result
+            return result
+        finally:
+            conv.busy = False
+            conv.turn_boundary()
+
+    def _end_failed(self, turn: int, reason: str, detail: str) -> BeatResult:
+        self.conversation.record(ev.turn_failed(turn, reason, detail))
+        return BeatResult(turn, "failed", reason, detail)
+
+    async def _ensure_connected(self) -> None:
+        if self.agent.connected:
+            return
+        conv = self.conversation
+        session_id = conv.state.session_id
+        if session_id is None or (self.resume_point and self.resume_point.fresh_session):
+            session_id = str(uuid.uuid4())
+            plan = ConnectPlan(session_id, resume=False)
+        elif self.has_transcript(session_id):
+            point = self.resume_point
+            plan = ConnectPlan(
+                session_id,
+                resume=True,
+                resume_at=point.resume_at if point else None,
+                drops_turn=point.drops_turn if point else None,
+            )
+        else:
+            # The session was assigned but the CLI never stored a transcript for it.
+            plan = ConnectPlan(session_id, resume=False)
+        try:
+            await self.agent.connect(plan)
+        except AgentFailure as failure:
+            if failure.reason != "resume_rejected" or not plan.resume_at:
+                raise
+            # The CLI refused to drop the half turn (it absorbed more than we saw):
+            # resume plainly rather than retry the same request.
+            plan = ConnectPlan(session_id, resume=True)
+            await self.agent.connect(plan)
+        self.resume_point = None
+        conv.record(ev.session_bound(session_id, self.cwd, mode="resume" if plan.resume else "new"))
