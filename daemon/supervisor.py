@@ -89,7 +89,7 @@ class Supervisor:
         self.notifier.notify("READY=1\nSTATUS=" + self.status_line())
         self.log.info("ready", jobs=sorted(self.jobs), state_dir=str(self.layout.state_dir))
         watchdog = self._start_watchdog()
-        self._schedule_all()
+        self._schedule_all(replaying={name for name, _, _ in replays})
         self._scheduler.start()
         for name, trigger, prompt in replays:
             self._spawn(name, prompt, trigger)
@@ -180,7 +180,8 @@ class Supervisor:
         )
         return replays
 
-    def _schedule_all(self) -> None:
+    def _schedule_all(self, replaying: set[str]) -> None:
+        """First due time: one interval after the last beat (a replay counts as a beat)."""
         now = datetime.now(UTC)
         for name, job in self.jobs.items():
             every = job.config.every
@@ -189,7 +190,9 @@ class Supervisor:
                 continue
             first = now + FIRST_BEAT_DELAY
             last = job.runner.conversation.state.last_beat_at
-            if last:
+            if name in replaying:
+                first = now + every
+            elif last:
                 due = _parse_iso(last) + every
                 first = max(first, due)
             self._scheduler.add_interval(name, every, first_due=first, jitter=job.config.jitter)
