@@ -114,7 +114,7 @@ class Keyring:
             raise KeyFileError(path, "cannot be read by this user (permission denied)") from None
         if not stat.S_ISREG(st.st_mode):
             raise KeyFileError(path, "is not a regular file")
-        if st.st_mode & 0o077:
+        if st.st_mode & 0o077 and not _is_systemd_credential(path):
             raise KeyFileError(
                 path,
                 f"is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
@@ -159,6 +159,14 @@ def resolve_key_path(configured: Path, environ: Mapping[str, str] | None = None)
         if candidate.exists():
             return candidate
     return configured
+
+
+def _is_systemd_credential(path: Path) -> bool:
+    """systemd >= 256 hands credentials over as root-owned 0400 files plus an ACL for the
+    service user, which ``stat`` shows as 0440; the credentials mount is private to the
+    unit and read-only, so its mode bits are not ours to judge."""
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    return cred_dir is not None and cred_dir != "" and path.parent == Path(cred_dir)
 
 
 def generate_key_file(path: Path) -> Keyring:
