@@ -1,0 +1,127 @@
+"""The client pool: at most ``max_live`` conversations hold a connected CLI process.
+
+Each connected client is a CLI subprocess of about 250 MB, so "one client per
+conversation" cannot mean "one process per conversation forever". Contract:
+
+* :meth:`ClientPool.lease` is entered around a turn. It waits (bounded by the caller's
+  deadline) for one of ``max_turns`` turn slots; then, if the conversation's client is
+  not live and the pool is full, it disconnects the least recently used *idle* client.
+  Busy clients are never evicted. Since ``max_turns <= max_live``, a slot holder can
+  always find room.
+* :meth:`reap_idle` disconnects clients idle for longer than ``idle_timeout``; the next
+  beat reconnects with ``resume``.
+* Disconnects happen outside any turn, so no journal record is ever cut short by them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+
+class PooledClient(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+    async def disconnect(self) -> None: ...
+
+
+class LeaseTimeout(Exception):
+    """No turn slot became free before the beat's deadline."""
+
+    def __init__(self, waited_s: float, busy: int) -> None:
+        self.waited_s = waited_s
+        self.busy = busy
+        super().__init__(
+            f"waited {waited_s:.1f}s for a free turn slot ({busy} turns running); "
+            "raise max_concurrent_turns or lengthen the interval"
+        )
+
+
+class ClientPool:
+    def __init__(
+        self,
+        *,
+        max_live: int,
+        max_turns: int,
+        idle_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_turns > max_live:
+            raise ValueError("max_concurrent_turns cannot exceed max_live_clients")
+        self.max_live = max_live
+        self.max_turns = max_turns
+        self.idle_timeout = idle_timeout
+        self._clock = clock
+        self._slots = asyncio.Semaphore(max_turns)
+        self._members: OrderedDict[str, PooledClient] = OrderedDict()  # LRU first
+        self._last_used: dict[str, float] = {}
+        self._busy: set[str] = set()
+        self.evictions = 0
+
+    @property
+    def live(self) -> int:
+        return sum(1 for c in self._members.values() if c.connected)
+
+    @property
+    def busy(self) -> int:
+        return len(self._busy)
+
+    @asynccontextmanager
+    async def lease(self, key: str, client: PooledClient, *, wait_s: float) -> AsyncIterator[float]:
+        """Hold a turn slot for ``key``; yields how long the wait for it took."""
+        start = self._clock()
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=max(wait_s, 0.0))
+        except TimeoutError:
+            raise LeaseTimeout(self._clock() - start, self.busy) from None
+        waited = self._clock() - start
+        self._busy.add(key)
+        try:
+            self._members[key] = client
+            self._members.move_to_end(key)
+            if not client.connected:
+                await self._make_room(exclude=key)
+            yield waited
+        finally:
+            self._busy.discard(key)
+            self._last_used[key] = self._clock()
+            self._slots.release()
+
+    async def _make_room(self, exclude: str) -> None:
+        while self._live_excluding(exclude) >= self.max_live:
+            victim = next(
+                (
+                    k
+                    for k, c in self._members.items()
+                    if k != exclude and k not in self._busy and c.connected
+                ),
+                None,
+            )
+            if victim is None:
+                return  # every live client is busy; cannot happen while max_turns <= max_live
+            self.evictions += 1
+            await self._members[victim].disconnect()
+
+    def _live_excluding(self, key: str) -> int:
+        return sum(1 for k, c in self._members.items() if k != key and c.connected)
+
+    async def reap_idle(self) -> list[str]:
+        """Disconnect clients idle longer than ``idle_timeout``; returns their keys."""
+        now = self._clock()
+        reaped = []
+        for key, client in list(self._members.items()):
+            if key in self._busy or not client.connected:
+                continue
+            if now - self._last_used.get(key, now) >= self.idle_timeout:
+                await client.disconnect()
+                reaped.append(key)
+        return reaped
+
+    def forget(self, key: str) -> None:
+        self._members.pop(key, None)
+        self._last_used.pop(key, None)

@@ -1,0 +1,98 @@
+"""The client pool's contract, against fake clients (no CLI processes needed)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from daemon.pool import ClientPool, LeaseTimeout
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.connected = False
+        self.disconnects = 0
+
+    def connect(self) -> None:
+        self.connected = True
+
+    async def disconnect(self) -> None:
+        self.connected = False
+        self.disconnects += 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_full_pool_evicts_least_recently_used_idle_client() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        pool = ClientPool(max_live=2, max_turns=2, idle_timeout=60, clock=clock)
+        a, b, c = FakeClient(), FakeClient(), FakeClient()
+        for key, client in (("a", a), ("b", b)):
+            async with pool.lease(key, client, wait_s=1):
+                client.connect()
+            clock.now += 1
+        async with pool.lease("a", a, wait_s=1):  # a is now the most recently used
+            pass
+        async with pool.lease("c", c, wait_s=1):
+            c.connect()
+        assert (a.connected, b.connected, c.connected) == (True, False, True)
+        assert pool.live == 2 and pool.evictions == 1
+
+    asyncio.run(scenario())
+
+
+def test_busy_clients_are_never_evicted_and_turns_wait_for_a_slot() -> None:
+    async def scenario() -> None:
+        pool = ClientPool(max_live=1, max_turns=1, idle_timeout=60)
+        a, b = FakeClient(), FakeClient()
+        release = asyncio.Event()
+
+        async def long_turn() -> None:
+            async with pool.lease("a", a, wait_s=1):
+                a.connect()
+                await release.wait()
+
+        task = asyncio.create_task(long_turn())
+        await asyncio.sleep(0.01)
+        with pytest.raises(LeaseTimeout, match="waited"):
+            async with pool.lease("b", b, wait_s=0.05):
+                pass
+        assert a.connected and a.disconnects == 0
+        release.set()
+        await task
+        async with pool.lease("b", b, wait_s=1) as waited:
+            b.connect()
+        assert waited < 1
+        assert not a.connected and b.connected
+
+    asyncio.run(scenario())
+
+
+def test_idle_clients_are_reaped_after_the_timeout_only() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        pool = ClientPool(max_live=4, max_turns=2, idle_timeout=30, clock=clock)
+        a, b = FakeClient(), FakeClient()
+        async with pool.lease("a", a, wait_s=1):
+            a.connect()
+        clock.now = 20
+        async with pool.lease("b", b, wait_s=1):
+            b.connect()
+        clock.now = 35
+        assert await pool.reap_idle() == ["a"]
+        assert not a.connected and b.connected
+
+    asyncio.run(scenario())
+
+
+def test_more_turn_slots_than_clients_is_refused() -> None:
+    with pytest.raises(ValueError, match="cannot exceed"):
+        ClientPool(max_live=2, max_turns=3, idle_timeout=1)
