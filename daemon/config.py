@@ -386,6 +386,12 @@ class DaemonConfig(BaseModel):
     turn_timeout: Timeout = timedelta(minutes=10)
     drain_grace: Duration = timedelta(seconds=30)
     model_max_retries: Annotated[int, Field(ge=0)] = 1
+    mirror_path: ConfigPath | None = None
+
+    @property
+    def mirror_file(self) -> Path:
+        """The derived SQLite mirror: ``mirror_path``, else ``runtime_dir/mirror.sqlite3``."""
+        return self.mirror_path or self.runtime_dir / "mirror.sqlite3"
 
     @model_validator(mode="after")
     def _separate_dirs(self) -> DaemonConfig:

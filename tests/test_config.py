@@ -305,7 +305,7 @@ def test_unknown_key_without_close_match_lists_known_keys(tmp_path: Path) -> Non
     problem = only_problem(write(tmp_path, "[daemon]\ncolour = true\n"))
     assert problem.message == (
         "unknown key 'colour' (known keys: state_dir, runtime_dir, key_file, fsync, "
-        "log_format, turn_timeout, drain_grace, model_max_retries)"
+        "log_format, turn_timeout, drain_grace, model_max_retries, mirror_path)"
     )
 
 
@@ -824,3 +824,14 @@ def test_parse_refuses_units_out_of_order(units: list[str], number: int) -> None
 def test_negative_durations_are_refused(value: timedelta) -> None:
     with pytest.raises(ValueError, match="must not be negative"):
         parse_duration("-" + format_duration(value))
+
+
+def test_mirror_path_defaults_to_the_runtime_dir_and_resolves_relative(tmp_path: Path) -> None:
+    default = config_from_dict({"daemon": {}}, base_dir=tmp_path, source=tmp_path / "v.toml")
+    assert default.daemon.mirror_file == default.daemon.runtime_dir / "mirror.sqlite3"
+    chosen = config_from_dict(
+        {"daemon": {"mirror_path": "db/mirror.sqlite3"}},
+        base_dir=tmp_path,
+        source=tmp_path / "v.toml",
+    )
+    assert chosen.daemon.mirror_file == tmp_path / "db" / "mirror.sqlite3"
