@@ -25,6 +25,10 @@ EventType = Literal[
     "turn_failed",
     "turn_interrupted",
     "beat_skipped",
+    "delivery_started",
+    "delivery_done",
+    "delivery_failed",
+    "delivery_unknown",
 ]
 TURN_END_TYPES = frozenset({"turn_completed", "turn_failed", "turn_interrupted"})
 
@@ -109,7 +113,10 @@ def result(
     )
 
 
-def turn_completed(turn: int, *, at: str | None = None) -> Event:
+def turn_completed(turn: int, *, quiet: bool = False, at: str | None = None) -> Event:
+    """``quiet``: the reply was the job's quiet token; journaled, not delivered."""
+    if quiet:
+        return _event("turn_completed", at, turn=turn, quiet=True)
     return _event("turn_completed", at, turn=turn)
 
 
@@ -121,5 +128,86 @@ def turn_interrupted(turn: int, reason: str, *, at: str | None = None) -> Event:
     return _event("turn_interrupted", at, turn=turn, reason=reason)
 
 
-def beat_skipped(turn: int, reason: str, detail: str = "", *, at: str | None = None) -> Event:
-    return _event("beat_skipped", at, turn=turn, reason=reason, detail=detail)
+def beat_skipped(
+    turn: int, reason: str, detail: str = "", *, at: str | None = None, **fields: Any
+) -> Event:
+    """A due beat that did not run; ``fields`` add reason-specific facts."""
+    return _event("beat_skipped", at, turn=turn, reason=reason, detail=detail, **fields)
+
+
+def beats_missed(
+    turn: int,
+    *,
+    count: int,
+    first_due: str,
+    last_due: str,
+    capped: bool,
+    catch_up: str,
+    detail: str,
+    at: str | None = None,
+) -> Event:
+    """Beats that came due while vigil was down: one skip record with their count."""
+    return beat_skipped(
+        turn,
+        "missed_while_down",
+        detail,
+        at=at,
+        count=count,
+        first_due=first_due,
+        last_due=last_due,
+        capped=capped,
+        catch_up=catch_up,
+    )
+
+
+# A reply's delivery to one sink: ``delivery`` ("<turn>/<sink>") is shared by every
+# attempt. started → done | failed (retry_in_s set: another attempt follows) | unknown
+# (the process died or stopped mid-attempt: never sent again).
+
+
+def delivery_started(
+    turn: int, delivery: str, sink: str, attempt: int, *, at: str | None = None
+) -> Event:
+    return _event("delivery_started", at, turn=turn, delivery=delivery, sink=sink, attempt=attempt)
+
+
+def delivery_done(
+    turn: int, delivery: str, sink: str, attempt: int, *, at: str | None = None
+) -> Event:
+    return _event("delivery_done", at, turn=turn, delivery=delivery, sink=sink, attempt=attempt)
+
+
+def delivery_failed(
+    turn: int,
+    delivery: str,
+    sink: str,
+    attempt: int,
+    *,
+    error: str,
+    retry_in_s: float | None,
+    at: str | None = None,
+) -> Event:
+    return _event(
+        "delivery_failed",
+        at,
+        turn=turn,
+        delivery=delivery,
+        sink=sink,
+        attempt=attempt,
+        error=error,
+        retry_in_s=retry_in_s,
+    )
+
+
+def delivery_unknown(
+    turn: int, delivery: str, sink: str, attempt: int, *, reason: str, at: str | None = None
+) -> Event:
+    return _event(
+        "delivery_unknown",
+        at,
+        turn=turn,
+        delivery=delivery,
+        sink=sink,
+        attempt=attempt,
+        reason=reason,
+    )

@@ -3,6 +3,12 @@
 A turn that started but never ended (the process died) is returned as
 ``interrupted`` with every delta's text in its reply. The daemon makes this durable
 by appending one ``turn_interrupted`` record at start; old lines are never rewritten.
+
+A completed turn whose reply was the job's quiet token has status ``quiet``. A turn's
+``deliveries`` list each sink its reply went to, with the fence's last word:
+``done``, ``failed``, ``retrying``, ``unknown`` (the process died mid-attempt; never
+sent again), or, for an attempt still open, ``in_progress`` while the daemon runs
+(``open_turn_status="running"``) and ``unknown`` otherwise.
 """
 
 from __future__ import annotations
@@ -13,7 +19,28 @@ from typing import Any, Literal
 
 from daemon.events import Event, event_type
 
-TurnStatus = Literal["running", "completed", "failed", "interrupted", "skipped"]
+TurnStatus = Literal["running", "completed", "quiet", "failed", "interrupted", "skipped"]
+DeliveryStatus = Literal["in_progress", "done", "failed", "retrying", "unknown"]
+_ANSWERED = ("completed", "quiet")
+
+
+@dataclass
+class DeliveryView:
+    delivery: str
+    sink: str
+    status: DeliveryStatus
+    attempts: int = 0
+    error: str | None = None
+    at: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "sink": self.sink,
+            "status": self.status,
+            "attempts": self.attempts,
+            "error": self.error,
+            "at": self.at,
+        }
 
 
 @dataclass
@@ -35,6 +62,8 @@ class TurnView:
     deltas: list[str] = field(default_factory=list)
     tools: list[str] = field(default_factory=list)
     journaled_end: bool = False
+    missed: int | None = None  # beats missed while down (reason missed_while_down)
+    deliveries: list[DeliveryView] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +80,8 @@ class TurnView:
             "detail": self.detail,
             "cost_usd": self.cost_usd,
             "tools": self.tools,
+            "missed": self.missed,
+            "deliveries": [d.as_json() for d in self.deliveries],
         }
 
 
@@ -74,14 +105,15 @@ class ConversationView:
 
     @property
     def last_completed(self) -> TurnView | None:
+        """The last turn the model answered (``completed`` or ``quiet``)."""
         for t in reversed(self.turns):
-            if t.status == "completed":
+            if t.status in _ANSWERED:
                 return t
         return None
 
     @property
     def completed_turns(self) -> list[TurnView]:
-        return [t for t in self.turns if t.status == "completed"]
+        return [t for t in self.turns if t.status in _ANSWERED]
 
 
 def fold(
@@ -90,7 +122,9 @@ def fold(
     """Turns in sequence order; an unfinished last turn gets ``open_turn_status``."""
     view = ConversationView()
     by_turn: dict[int, TurnView] = {}
-    last_total = 0.0  # the CLI reports a running total per session; a turn costs the step
+    # The CLI reports a running total per session; a turn costs the step in its session.
+    totals: dict[str, float] = {}
+    open_delivery: DeliveryStatus = "in_progress" if open_turn_status == "running" else "unknown"
     for ev in events:
         kind = event_type(ev)
         if kind == "session_bound":
@@ -123,17 +157,24 @@ def fold(
                 detail=ev.get("detail") or None,
                 journaled_end=True,
             )
+            count = ev.get("count")
+            if isinstance(count, int) and not isinstance(count, bool):
+                t.missed = count
             by_turn[turn_no] = t
             view.turns.append(t)
             continue
         t_or_none = by_turn.get(turn_no)
         if t_or_none is None:
             continue
+        if kind.startswith("delivery_"):
+            _delivery(t_or_none, kind, ev, open_delivery)
+            continue
         _apply(t_or_none, kind, ev)
         total = ev.get("session_cost_usd")
         if kind == "result" and isinstance(total, int | float):
-            t_or_none.cost_usd = round(max(0.0, total - last_total), 6)
-            last_total = total
+            session = str(ev.get("session_id") or "")
+            t_or_none.cost_usd = round(max(0.0, total - totals.get(session, 0.0)), 6)
+            totals[session] = total
     for t in view.turns:
         if not t.reply and t.deltas:
             t.reply = "".join(t.deltas)
@@ -155,10 +196,33 @@ def _apply(t: TurnView, kind: str, ev: Event) -> None:
         if isinstance(text, str) and text:
             t.reply = text
     elif kind == "turn_completed":
-        t.status, t.ended_at, t.journaled_end = "completed", ev.get("at"), True
+        t.status = "quiet" if ev.get("quiet") else "completed"
+        t.ended_at, t.journaled_end = ev.get("at"), True
     elif kind == "turn_failed":
         t.status, t.ended_at, t.journaled_end = "failed", ev.get("at"), True
         t.reason, t.detail = ev.get("reason"), ev.get("detail")
     elif kind == "turn_interrupted":
         t.status, t.ended_at, t.journaled_end = "interrupted", ev.get("at"), True
         t.reason = ev.get("reason")
+
+
+def _delivery(t: TurnView, kind: str, ev: Event, open_status: DeliveryStatus) -> None:
+    delivery = str(ev.get("delivery", ""))
+    view = next((d for d in t.deliveries if d.delivery == delivery), None)
+    if view is None:
+        view = DeliveryView(delivery, str(ev.get("sink", "")), open_status)
+        t.deliveries.append(view)
+    attempt = ev.get("attempt")
+    if isinstance(attempt, int):
+        view.attempts = max(view.attempts, attempt)
+    view.at = ev.get("at")
+    if kind == "delivery_started":
+        view.status = open_status
+    elif kind == "delivery_done":
+        view.status, view.error = "done", None
+    elif kind == "delivery_failed":
+        view.status = "failed" if ev.get("retry_in_s") is None else "retrying"
+        view.error = ev.get("error")
+    elif kind == "delivery_unknown":
+        view.status = "unknown"
+        view.error = f"outcome unknown ({ev.get('reason')}); not sent again"

@@ -22,21 +22,52 @@ def load_history(config: Config, keyring: Keyring, name: str) -> list[TurnView]:
 
 
 def render_history(name: str, turns: list[TurnView]) -> str:
+    """One block per turn; a run of beats skipped for the same reason is one line."""
     if not turns:
         return f"{name}: no turns yet\n"
     lines = [f"{name}: {len(turns)} turns"]
-    for t in turns:
-        head = f"#{t.turn} {t.status}"
-        if t.started_at:
-            head += f"  {t.started_at}"
-        if t.reason:
-            head += f"  ({t.reason}{': ' + t.detail if t.detail else ''})"
-        lines.append(head)
-        if t.prompt:
-            lines.append(f"  > {_one_line(t.prompt)}")
-        if t.reply:
-            lines.append(f"  < {_one_line(t.reply)}")
+    i = 0
+    while i < len(turns):
+        t = turns[i]
+        run = 1
+        while (
+            t.status == "skipped"
+            and i + run < len(turns)
+            and turns[i + run].status == "skipped"
+            and turns[i + run].reason == t.reason
+            and t.missed is None
+            and turns[i + run].missed is None
+        ):
+            run += 1
+        if run > 1:
+            last = turns[i + run - 1]
+            lines.append(
+                f"#{t.turn}-#{last.turn} skipped x{run}  {t.started_at} .. {last.started_at}"
+                f"  ({t.reason}{': ' + last.detail if last.detail else ''})"
+            )
+            i += run
+            continue
+        lines.extend(_turn_lines(t))
+        i += 1
     return "\n".join(lines) + "\n"
+
+
+def _turn_lines(t: TurnView) -> list[str]:
+    head = f"#{t.turn} {t.status}"
+    if t.started_at:
+        head += f"  {t.started_at}"
+    if t.reason:
+        head += f"  ({t.reason}{': ' + t.detail if t.detail else ''})"
+    lines = [head]
+    if t.prompt:
+        lines.append(f"  > {_one_line(t.prompt)}")
+    if t.reply:
+        lines.append(f"  < {_one_line(t.reply)}")
+    for d in t.deliveries:
+        tries = f", {d.attempts} attempts" if d.attempts > 1 else ""
+        why = f": {_one_line(d.error, 120)}" if d.error and d.status != "done" else ""
+        lines.append(f"  -> {d.sink} {d.status}{tries}{why}")
+    return lines
 
 
 def _one_line(text: str, limit: int = 200) -> str:
