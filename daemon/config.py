@@ -5,8 +5,10 @@ frozen :class:`Config`. Anything wrong raises :class:`ConfigError`, which lists 
 problem with its dotted key (``heartbeat[inbox].every``; ``heartbeat[#2].every`` when
 the second job has no usable name) and a message saying what was expected.
 
-Relative paths (``state_dir``, ``runtime_dir``, ``key_file``, ``cwd``, ``prompt_file``)
-resolve against the config file's directory. ``prompt_file`` is read at load time.
+Relative paths (``state_dir``, ``runtime_dir``, ``key_file``, ``cwd``, ``prompt_file``,
+a file sink's ``path``) resolve against the config file's directory. ``prompt_file`` is
+read at load time (and again at each reload); an empty one (only whitespace and
+comments) is valid: its beats are skipped without a model call.
 
 Validation is strict: TOML ``5`` is not the string ``"5"``, nor ``"3"`` the integer 3.
 """
@@ -40,6 +42,8 @@ from pydantic_core import PydanticCustomError
 
 from daemon.durations import format_duration, parse_duration
 from daemon.errors import VigilError
+from jobs.hours import ActiveHours
+from jobs.quiet import DEFAULT_QUIET_TOKEN, QuietRule
 
 __all__ = [
     "Config",
@@ -48,6 +52,7 @@ __all__ = [
     "DaemonConfig",
     "HeartbeatConfig",
     "PromptFile",
+    "SinkConfig",
     "UnknownJobError",
     "config_from_dict",
     "default_config_path",
@@ -351,9 +356,36 @@ def _prompt_file(value: object, info: ValidationInfo) -> object:
         text = _read_text(path, f"prompt file {path}")
     except ValueError as exc:
         raise _fail(f"{exc}{_note(value)}") from None
-    if not text.strip():
-        raise _fail(f"prompt file {path} is empty")
-    return PromptFile(path, text)
+    return PromptFile(path, text)  # empty is fine: the beat is skipped (empty_prompt)
+
+
+def _active_hours(value: str) -> str:
+    try:
+        return str(ActiveHours.parse(value))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _url(value: str) -> str:
+    scheme, _, rest = value.partition("://")
+    if scheme not in ("http", "https") or not rest.split("/")[0]:
+        raise _fail(f"bad url {value!r}: expected http://host[:port]/path or https://...")
+    return value
+
+
+def _file_sink_path(value: object, info: ValidationInfo) -> Path:
+    path = _path(value, info)
+    if not path.parent.is_dir():
+        raise _fail(f"directory {path.parent} does not exist{_note(value)}")
+    if path.is_dir():
+        raise _fail(f"{path} is a directory; expected a file to append to")
+    return path
+
+
+def _sink_name(value: str) -> str:
+    if not JOB_NAME_PATTERN.fullmatch(value):
+        raise _fail(f"bad sink name {json.dumps(value)}: use 1 to 64 letters, digits, '_' or '-'")
+    return value
 
 
 ConfigPath = Annotated[Path, BeforeValidator(_path)]
@@ -365,6 +397,9 @@ Timeout = Annotated[Duration, _at_least(_MIN_TURN_TIMEOUT, "a turn needs at leas
 FsyncPolicy = Literal["always", "turn", "never"]
 LogFormat = Literal["json", "console"]
 InterruptedPolicy = Literal["replay", "continue", "drop"]
+CatchUpPolicy = Literal["skip", "once"]
+SinkType = Literal["stdout", "file", "command", "webhook"]
+Money = Annotated[float, Field(gt=0)]
 PermissionMode = Literal["default", "acceptEdits", "plan", "bypassPermissions"]
 
 _MODEL_CONFIG = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -409,6 +444,45 @@ class DaemonConfig(BaseModel):
         return self
 
 
+_SINK_KEYS: dict[str, tuple[set[str], set[str]]] = {
+    # type: (required keys, allowed keys besides the common ones)
+    "stdout": (set(), set()),
+    "file": ({"path"}, {"path"}),
+    "command": ({"command"}, {"command", "timeout"}),
+    "webhook": ({"url"}, {"url", "headers", "timeout"}),
+}
+_SINK_COMMON = {"type", "name", "retries", "retry_delay"}
+_DEFAULT_SINK_TIMEOUT = timedelta(seconds=10)
+
+
+class SinkConfig(BaseModel):
+    """One ``[[heartbeat.sink]]``: where a job's non-quiet replies are delivered."""
+
+    model_config = _MODEL_CONFIG
+
+    type: SinkType
+    name: Annotated[str, AfterValidator(_sink_name)] | None = None
+    path: Annotated[Path, BeforeValidator(_file_sink_path)] | None = None
+    command: Annotated[list[Text], Field(min_length=1)] | None = None
+    url: Annotated[str, AfterValidator(_url)] | None = None
+    headers: dict[str, str] | None = None
+    timeout: Annotated[Duration, _at_least(timedelta(milliseconds=1), "must be positive")] = (
+        _DEFAULT_SINK_TIMEOUT
+    )
+    retries: Annotated[int, Field(ge=0)] = 3
+    retry_delay: Duration = timedelta(seconds=5)
+
+    @model_validator(mode="after")
+    def _keys_for_type(self) -> SinkConfig:
+        required, allowed = _SINK_KEYS[self.type]
+        present = {k for k in self.model_fields_set if getattr(self, k) is not None}
+        for key in sorted(required - present):
+            raise _fail(f"is required for a {self.type} sink", loc=(key,))
+        for key in sorted(present - allowed - _SINK_COMMON):
+            raise _fail(f"does not apply to a {self.type} sink", loc=(key,))
+        return self
+
+
 def _shape_problems(present: set[str]) -> list[tuple[str, str]]:
     """Rules about which keys a job may combine: (key suffix or "", message) pairs."""
     problems: list[tuple[str, str]] = []
@@ -418,8 +492,18 @@ def _shape_problems(present: set[str]) -> list[tuple[str, str]]:
         problems.append(("", 'has no schedule; set every = "30m" or cron = "*/15 * * * *"'))
     if "jitter" in present and "every" not in present:
         problems.append(("jitter", "only applies to every schedules, not cron"))
-    if "timezone" in present and "cron" not in present:
-        problems.append(("timezone", "only applies to cron schedules; every ignores time zones"))
+    if "timezone" in present and not present & {"cron", "active_hours", "daily_budget_usd"}:
+        problems.append(
+            (
+                "timezone",
+                "only applies to cron schedules, active_hours and daily_budget_usd; "
+                "every alone ignores time zones",
+            )
+        )
+    if "idle_backoff" in present and "every" not in present:
+        problems.append(("idle_backoff", "only applies to every schedules, not cron"))
+    if "idle_backoff_max" in present and "idle_backoff" not in present:
+        problems.append(("idle_backoff_max", "needs idle_backoff (after how many quiet beats)"))
     if "prompt" in present and "prompt_file" in present:
         problems.append(("", "has both prompt and prompt_file; set exactly one"))
     elif "prompt" not in present and "prompt_file" not in present:
@@ -452,11 +536,31 @@ class HeartbeatConfig(BaseModel):
     permission_mode: PermissionMode = "default"
     max_turns: Annotated[int, Field(ge=1)] | None = None
     turn_timeout: Timeout | None = None
+    active_hours: Annotated[str, AfterValidator(_active_hours)] | None = None
+    catch_up: CatchUpPolicy = "once"
+    quiet_token: str = DEFAULT_QUIET_TOKEN
+    quiet_max_extra: Annotated[int, Field(ge=0)] = 0
+    max_budget_usd: Money | None = None
+    daily_budget_usd: Money | None = None
+    idle_backoff: Annotated[int, Field(ge=1)] | None = None
+    idle_backoff_max: Interval | None = None
+    sink: list[SinkConfig] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> HeartbeatConfig:
         present = {key for key in self.model_fields_set if getattr(self, key) is not None}
         problems = _shape_problems(present)
+        maximum, every = self.idle_backoff_max, self.every
+        if maximum is not None and every is not None and maximum < every:
+            problems.append(
+                (
+                    "idle_backoff_max",
+                    f"{format_duration(maximum)} is shorter than every ({format_duration(every)})",
+                )
+            )
+        names = [name for name, _ in self.sinks]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            problems.append(("sink", f"two sinks are named {name!r}; give each its own name"))
         if self.jitter is not None and self.every is not None and self.jitter >= self.every:
             problems.append(
                 (
@@ -487,6 +591,40 @@ class HeartbeatConfig(BaseModel):
     def zone(self) -> zoneinfo.ZoneInfo:
         """``timezone`` as a tzinfo."""
         return zoneinfo.ZoneInfo(self.timezone)
+
+    @property
+    def hours(self) -> ActiveHours | None:
+        """``active_hours`` parsed (read in :attr:`zone`), or None: all day."""
+        return None if self.active_hours is None else ActiveHours.parse(self.active_hours)
+
+    @property
+    def quiet_rule(self) -> QuietRule:
+        return QuietRule(self.quiet_token, self.quiet_max_extra)
+
+    @property
+    def backoff_max(self) -> timedelta:
+        """``idle_backoff_max``, else eight times ``every`` (cron jobs: never used)."""
+        if self.idle_backoff_max is not None:
+            return self.idle_backoff_max
+        return (self.every or timedelta(0)) * 8
+
+    @property
+    def sinks(self) -> list[tuple[str, SinkConfig]]:
+        """(name, sink) pairs; no sink configured means one ``stdout`` sink.
+
+        A sink without ``name`` is named after its type; repeats get ``-2``, ``-3``.
+        """
+        configured = self.sink or [SinkConfig(type="stdout")]
+        named: list[tuple[str, SinkConfig]] = []
+        seen: dict[str, int] = {}
+        for sink in configured:
+            if sink.name is not None:
+                named.append((sink.name, sink))
+                continue
+            seen[sink.type] = seen.get(sink.type, 0) + 1
+            count = seen[sink.type]
+            named.append((sink.type if count == 1 else f"{sink.type}-{count}", sink))
+        return named
 
 
 def _duplicate_problems(names: Sequence[tuple[int, str]]) -> list[tuple[str, str]]:
@@ -550,6 +688,8 @@ def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
     shapes: dict[tuple[str | int, ...], type[BaseModel]] = {(): Config, ("daemon",): DaemonConfig}
     if len(loc) == 2 and loc[0] == "heartbeat" and isinstance(loc[1], int):
         return HeartbeatConfig
+    if len(loc) == 4 and loc[0] == "heartbeat" and loc[2] == "sink" and isinstance(loc[3], int):
+        return SinkConfig
     return shapes.get(loc)
 
 
@@ -611,6 +751,10 @@ def _message(error: Mapping[str, Any]) -> str:  # noqa: PLR0911 -- one return pe
         return f"expected {_TYPE_NAMES[kind]}, got {_describe(value)}{hint}"
     if kind == "greater_than_equal":
         return f"must be at least {ctx['ge']}, got {_describe(value)}"
+    if kind == "greater_than":
+        return f"must be more than {ctx['gt']}, got {_describe(value)}"
+    if kind == "too_short" and isinstance(value, list):
+        return "is an empty array; expected at least one item"
     return str(error["msg"])
 
 

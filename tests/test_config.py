@@ -474,7 +474,10 @@ def test_timezone_with_every_and_jitter_with_cron_are_refused(
 ) -> None:
     problem = only_problem(write(tmp_path, job(agent_dir, 'timezone = "UTC"')))
     assert problem.key == "heartbeat[inbox].timezone"
-    assert problem.message == "only applies to cron schedules; every ignores time zones"
+    assert problem.message == (
+        "only applies to cron schedules, active_hours and daily_budget_usd; "
+        "every alone ignores time zones"
+    )
 
     text = job(agent_dir, 'jitter = "5s"').replace('every = "30m"', 'cron = "0 9 * * *"')
     problem = only_problem(write(tmp_path, text))
@@ -574,10 +577,12 @@ def test_prompt_file_not_utf8_refused(tmp_path: Path, agent_dir: Path) -> None:
     )
 
 
-def test_empty_prompt_file_refused(tmp_path: Path, agent_dir: Path) -> None:
-    (tmp_path / "beat.md").write_text("\n  \n")
-    problem = only_problem(write(tmp_path, prompt_file_job(agent_dir, str(tmp_path / "beat.md"))))
-    assert problem.message == f"prompt file {tmp_path / 'beat.md'} is empty"
+def test_empty_prompt_file_loads_its_beats_are_skipped_later(
+    tmp_path: Path, agent_dir: Path
+) -> None:
+    (tmp_path / "beat.md").write_text("\n  \n<!-- nothing to do today -->\n")
+    config = load_config(write(tmp_path, prompt_file_job(agent_dir, str(tmp_path / "beat.md"))))
+    assert config.job("inbox").prompt_text == "\n  \n<!-- nothing to do today -->\n"
 
 
 # ---------------------------------------------------------------- cwd

@@ -1,0 +1,81 @@
+"""What a job's journal says about its beats, folded incrementally (pure).
+
+:class:`JobLedger` is fed every event of one conversation in journal order, at start
+(from the journal) and live (as events are recorded). It answers what the beat policy
+needs without re-reading the journal: the spend per day (:class:`SpendLedger`), the
+run of quiet replies, when the last beat came due, and deliveries whose outcome the
+journal does not know yet (the delivery fence).
+
+It reads the raw event dicts (``type``, ``at``, ...) of vigil's journal schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from jobs.budget import SpendLedger, parse_at
+
+__all__ = ["JobLedger", "OpenDelivery"]
+
+
+@dataclass(frozen=True)
+class OpenDelivery:
+    """A delivery whose last journaled step is ``started`` or a failure with a retry due."""
+
+    delivery: str
+    turn: int
+    sink: str
+    attempt: int
+    state: Literal["started", "retry_pending"]
+
+
+@dataclass
+class JobLedger:
+    spend: SpendLedger = field(default_factory=SpendLedger)
+    quiet_streak: int = 0
+    last_due_at: datetime | None = None  # last turn_started or beat_skipped
+    last_started_at: datetime | None = None  # last turn_started
+    open_deliveries: dict[str, OpenDelivery] = field(default_factory=dict)
+
+    def feed(self, event: Mapping[str, Any]) -> None:
+        kind = event.get("type")
+        at = event.get("at")
+        when = parse_at(at) if isinstance(at, str) and at else None
+        if kind == "turn_started":
+            self.last_started_at = when or self.last_started_at
+            self.last_due_at = when or self.last_due_at
+        elif kind == "beat_skipped":
+            self.last_due_at = when or self.last_due_at
+        elif kind == "turn_completed":
+            self.quiet_streak = self.quiet_streak + 1 if event.get("quiet") else 0
+        elif kind == "result":
+            self.spend.feed(event)
+        elif isinstance(kind, str) and kind.startswith("delivery_"):
+            self._delivery(kind, event)
+
+    def _delivery(self, kind: str, event: Mapping[str, Any]) -> None:
+        delivery = str(event.get("delivery", ""))
+        if kind in ("delivery_done", "delivery_unknown"):
+            self.open_deliveries.pop(delivery, None)
+            return
+        turn = event.get("turn")
+        attempt = event.get("attempt")
+        entry = OpenDelivery(
+            delivery,
+            turn if isinstance(turn, int) else 0,
+            str(event.get("sink", "")),
+            attempt if isinstance(attempt, int) else 1,
+            "started",
+        )
+        if kind == "delivery_started":
+            self.open_deliveries[delivery] = entry
+        elif kind == "delivery_failed":
+            if event.get("retry_in_s") is None:
+                self.open_deliveries.pop(delivery, None)
+            else:
+                self.open_deliveries[delivery] = OpenDelivery(
+                    entry.delivery, entry.turn, entry.sink, entry.attempt, "retry_pending"
+                )
