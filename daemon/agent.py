@@ -59,6 +59,7 @@ class AgentSpec:
     allowed_tools: list[str] | None = None
     permission_mode: PermissionMode = "default"
     max_turns: int | None = None
+    max_budget_usd: float | None = None  # per query (beat), enforced by the CLI
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ class TurnOutcome:
     is_error: bool
     api_error_status: int | None
     errors: list[str]
+    subtype: str = "success"  # e.g. "error_max_budget_usd"
+    text: str | None = None  # the result's final text (the reply)
 
 
 Emit = Callable[[Event], object]
@@ -176,6 +179,8 @@ class AgentSession:
                         message.is_error,
                         message.api_error_status,
                         [str(e) for e in (message.errors or [])],
+                        message.subtype,
+                        message.result,
                     )
         except ClaudeSDKError as exc:
             await self.disconnect()
@@ -228,6 +233,8 @@ class AgentSession:
             kwargs["allowed_tools"] = spec.allowed_tools
         if spec.max_turns is not None:
             kwargs["max_turns"] = spec.max_turns
+        if spec.max_budget_usd is not None:
+            kwargs["max_budget_usd"] = spec.max_budget_usd
         return ClaudeAgentOptions(**kwargs)
 
     def _with_stderr(self, text: str) -> str:

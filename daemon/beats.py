@@ -3,6 +3,11 @@
 Every step is journaled through ``Conversation.record`` before it is shown. A turn
 ends exactly one way: ``turn_completed``, ``turn_failed`` (with a reason code) or
 ``turn_interrupted`` (drain or cancellation). The journal is synced at the boundary.
+
+A completed turn whose reply matches the job's :class:`~jobs.quiet.QuietRule` is
+journaled ``quiet`` (``turn_completed`` with ``quiet: true``); the caller does not
+deliver it. The CLI counts ``max_budget_usd`` per CLI process, not per query, so a job
+with a per-beat budget gets a fresh CLI process (a resume) for every beat.
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from daemon import events as ev
 from daemon.agent import AgentFailure, AgentSession, ConnectPlan
 from daemon.conversation import Conversation
 from daemon.events import Trigger
+from jobs.quiet import QuietRule
 
 Outcome = Literal["completed", "failed", "interrupted", "skipped"]
 
@@ -37,6 +43,9 @@ class BeatResult:
     outcome: Outcome
     reason: str | None = None
     detail: str | None = None
+    quiet: bool = False  # completed with the quiet token: journaled, not delivered
+    reply: str | None = None
+    session_id: str | None = None
 
 
 class BeatRunner:
@@ -60,15 +69,17 @@ class BeatRunner:
         self.has_transcript = has_transcript
         self.resume_point: ResumePoint | None = None
         self.last: BeatResult | None = None
+        self.quiet_rule = QuietRule()
 
     @property
     def busy(self) -> bool:
         return self.conversation.busy
 
-    def skip(self, reason: str, detail: str = "") -> BeatResult:
+    def skip(self, reason: str, detail: str = "", **fields: Any) -> BeatResult:
+        """Journal a due beat that does not run; ``fields`` add reason-specific facts."""
         conv = self.conversation
         turn = conv.state.next_turn
-        conv.record(ev.beat_skipped(turn, reason, detail))
+        conv.record(ev.beat_skipped(turn, reason, detail, **fields))
         conv.turn_boundary()
         self.last = BeatResult(turn, "skipped", reason, detail)
         return self.last
@@ -117,15 +128,26 @@ class BeatRunner:
                     reason = (
                         "auth_failed" if outcome.api_error_status in (401, 403) else "model_error"
                     )
+                    if outcome.subtype == "error_max_budget_usd":
+                        reason = "max_budget_exceeded"
                     result = self._end_failed(turn, reason, detail)
                 else:
-                    conv.record(ev.turn_completed(turn))
-                    result = BeatResult(turn, "completed")
+                    quiet = self.quiet_rule.is_quiet(outcome.text)
+                    conv.record(ev.turn_completed(turn, quiet=quiet))
+                    result = BeatResult(
+                        turn,
+                        "completed",
+                        quiet=quiet,
+                        reply=outcome.text,
+                        session_id=outcome.session_id,
+                    )
             self.last = result
             return result
         finally:
             conv.busy = False
             conv.turn_boundary()
+            if self.agent.spec.max_budget_usd is not None:
+                await self.agent.disconnect()  # the CLI's budget counts per process
 
     def _end_failed(self, turn: int, reason: str, detail: str) -> BeatResult:
         self.conversation.record(ev.turn_failed(turn, reason, detail))
