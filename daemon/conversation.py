@@ -15,7 +15,7 @@ from typing import Any
 
 from daemon import events as ev
 from daemon.events import Event, event_type
-from daemon.framing import decode_payload
+from daemon.framing import Frame, decode_payload
 from daemon.journal import JOURNAL_SUFFIX, FsyncPolicy, Journal, TailCut
 from daemon.keyring import Keyring
 from daemon.logs import get_logger
@@ -87,17 +87,28 @@ class Conversation:
 
     @classmethod
     def open(
-        cls, directory: Path, name: str, keyring: Keyring, *, fsync: FsyncPolicy
+        cls,
+        directory: Path,
+        name: str,
+        keyring: Keyring,
+        *,
+        fsync: FsyncPolicy,
+        visit: Callable[[Event], None] | None = None,
     ) -> Conversation:
-        """Open (recovering a torn tail) or create the conversation's journal."""
+        """Open (recovering a torn tail) or create the conversation's journal.
+
+        ``visit`` also sees every journaled event, in order, during the one read.
+        """
         state = ConversationState()
-        journal = Journal.open(
-            journal_path(directory, name),
-            name,
-            keyring,
-            fsync=fsync,
-            visit=lambda fr: state.feed(decode_payload(fr.payload)),
-        )
+
+        def feed(frame: Frame) -> None:
+            event = decode_payload(frame.payload)
+            state.feed(event)
+            if visit is not None:
+                visit(event)
+
+        path = journal_path(directory, name)
+        journal = Journal.open(path, name, keyring, fsync=fsync, visit=feed)
         return cls(name, journal, state)
 
     @property
@@ -148,8 +159,16 @@ class Conversation:
                 **fields,
             )
         elif kind in ("turn_failed", "beat_skipped", "turn_interrupted"):
-            level = self.log.warning
-            level(kind, reason=event.get("reason"), detail=event.get("detail"), **fields)
+            if event.get("count") is not None:
+                fields["count"] = event["count"]
+            self.log.warning(kind, reason=event.get("reason"), detail=event.get("detail"), **fields)
+        elif kind.startswith("delivery_"):
+            extra = ("sink", "attempt", "error", "retry_in_s", "reason")
+            fields.update({k: event[k] for k in extra if event.get(k) is not None})
+            if kind in ("delivery_started", "delivery_done"):
+                self.log.info(kind, **fields)
+            else:
+                self.log.warning(kind, **fields)
         elif kind == "tool_use":
             self.log.info("tool_use", tool=event.get("name"), **fields)
         else:

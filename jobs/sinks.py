@@ -87,20 +87,23 @@ def _json_line(reply: Reply) -> str:
     return json.dumps(reply.as_json(), ensure_ascii=False) + "\n"
 
 
-def _print_line(line: str) -> None:
-    sys.stdout.write(line)
+def _print_json(reply: Reply) -> None:
+    sys.stdout.write(json.dumps({"event": "reply", **reply.as_json()}, ensure_ascii=False) + "\n")
     sys.stdout.flush()
 
 
 @dataclass
 class StdoutSink:
-    """One JSON object per reply (``{"event": "reply", ...}``) on stdout."""
+    """Shows the reply on stdout: by default one JSON object, ``{"event": "reply", ...}``.
+
+    The daemon passes ``emit`` to write it through its own log renderer instead.
+    """
 
     name: str = "stdout"
-    write: Callable[[str], None] = _print_line
+    emit: Callable[[Reply], None] = _print_json
 
     async def send(self, reply: Reply) -> None:
-        self.write(json.dumps({"event": "reply", **reply.as_json()}, ensure_ascii=False) + "\n")
+        self.emit(reply)
 
 
 @dataclass
