@@ -13,7 +13,6 @@ Pure functions only: no I/O here.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import os
@@ -29,6 +28,15 @@ from daemon.keyring import Keyring
 FORMAT_VERSION = 1
 NONCE_BYTES = 12
 STREAM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+# Made once: json.dumps/loads with non-default arguments build a new coder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_DECODE = json.JSONDecoder().decode
+# The last base64 character before "=" / "==" carries 2 / 4 unused bits; canonical
+# encodings leave them zero. Other values decode to the same bytes, so a line edited
+# that way would still authenticate: refuse them like any other edit.
+_LAST_BEFORE_ONE_PAD = frozenset("AEIMQUYcgkosw048")
+_LAST_BEFORE_TWO_PADS = frozenset("AQgw")
 
 
 class FrameProblem(StrEnum):
@@ -80,8 +88,8 @@ def seal(keyring: Keyring, stream_id: str, seq: int, payload: bytes) -> bytes:
     nonce = os.urandom(NONCE_BYTES)
     aad = associated_data(FORMAT_VERSION, stream_id, seq, key_id)
     ct = keyring.current_cipher().encrypt(nonce, payload, aad)
-    n = base64.b64encode(nonce).decode("ascii")
-    d = base64.b64encode(ct).decode("ascii")
+    n = binascii.b2a_base64(nonce, newline=False).decode("ascii")
+    d = binascii.b2a_base64(ct, newline=False).decode("ascii")
     return (
         f'{{"v":{FORMAT_VERSION},"c":"{stream_id}","s":{seq},"k":"{key_id}","n":"{n}","d":"{d}"}}\n'
     ).encode("ascii")
@@ -92,14 +100,15 @@ def seal_json(keyring: Keyring, stream_id: str, seq: int, event: dict[str, Any])
 
 
 def encode_payload(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode(event).encode("utf-8")
 
 
 def open_line(keyring: Keyring, stream_id: str, line: bytes) -> Frame:
     """Authenticate and decrypt one line (without its newline) of stream ``stream_id``."""
     try:
-        env = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+        # Envelopes are ASCII. RecursionError: garbage such as "[[[[..." nests too deep.
+        env = _DECODE(line.decode("ascii"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise FrameError(FrameProblem.UNPARSEABLE, "not a JSON object") from None
     if not isinstance(env, dict):
         raise FrameError(FrameProblem.UNPARSEABLE, "not a JSON object")
@@ -127,10 +136,13 @@ def open_line(keyring: Keyring, stream_id: str, line: bytes) -> Frame:
             FrameProblem.UNKNOWN_KEY, f"key id {key_id!r} is not in the keyring", seq, key_id
         )
     try:
-        nonce = base64.b64decode(n, validate=True)
-        ct = base64.b64decode(d, validate=True)
-    except (binascii.Error, ValueError):
+        # strict_mode rejects exactly what b64decode(validate=True) rejects, faster.
+        nonce = binascii.a2b_base64(n, strict_mode=True)
+        ct = binascii.a2b_base64(d, strict_mode=True)
+    except ValueError:  # binascii.Error is a ValueError, as is non-ASCII text
         raise FrameError(FrameProblem.UNPARSEABLE, "bad base64", seq=seq) from None
+    if not _canonical_base64(d):
+        raise FrameError(FrameProblem.UNPARSEABLE, "non-canonical base64", seq=seq)
     if len(nonce) != NONCE_BYTES:
         raise FrameError(FrameProblem.UNPARSEABLE, "bad nonce length", seq=seq)
     try:
@@ -142,8 +154,16 @@ def open_line(keyring: Keyring, stream_id: str, line: bytes) -> Frame:
     return Frame(seq, key_id, payload)
 
 
+def _canonical_base64(text: str) -> bool:
+    if text.endswith("=="):
+        return text[-3:-2] in _LAST_BEFORE_TWO_PADS
+    if text.endswith("="):
+        return text[-2:-1] in _LAST_BEFORE_ONE_PAD
+    return True
+
+
 def decode_payload(payload: bytes) -> dict[str, Any]:
-    obj = json.loads(payload)
+    obj = _DECODE(payload.decode("utf-8"))
     if not isinstance(obj, dict):
         raise ValueError("journal payload is not a JSON object")
     return obj

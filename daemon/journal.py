@@ -48,6 +48,7 @@ from daemon.fsutil import FILE_MODE, fsync_dir
 from daemon.keyring import Keyring
 
 JOURNAL_SUFFIX = ".jsonl"
+_RECORD_START = b'{"v":'
 
 
 class FsyncPolicy(StrEnum):
@@ -103,12 +104,14 @@ def scan(
     good_end = 0
     count = 0
     first_bad: tuple[int, int, FrameError | None, str] | None = None
+    damaged: list[tuple[int, bytes]] = []  # the lines from first_bad on
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             start, offset = offset, offset + len(raw)
             if not raw.endswith(b"\n"):
                 if first_bad is None:
                     first_bad = (lineno, start, None, "incomplete last line")
+                damaged.append((lineno, raw))
                 break
             try:
                 frame = open_line(keyring, stream_id, raw[:-1])
@@ -116,6 +119,7 @@ def scan(
                 _raise_if_never_torn(path, lineno, err, keyring)
                 if first_bad is None:
                     first_bad = (lineno, start, err, str(err))
+                damaged.append((lineno, raw))
                 continue
             if first_bad is not None:
                 bad_line, _, bad_err, reason = first_bad
@@ -139,8 +143,33 @@ def scan(
         if count == 0 and tail_err is not None and tail_err.problem is FrameProblem.AUTH:
             # Not one record authenticates: this is the wrong key, not a torn write.
             raise WrongKeyError(path, tail_err.key_id or "?", keyring.source)
+        _raise_if_record_inside(path, stream_id, keyring, damaged, last_seq)
         tail = Tail(line, start, reason)
     return ScanResult(count, last_seq, good_end, tail)
+
+
+def _raise_if_record_inside(
+    path: Path, stream_id: str, keyring: Keyring, damaged: list[tuple[int, bytes]], last_seq: int
+) -> None:
+    """A torn write leaves a prefix of whole lines; it never leaves an intact record
+    after damage on the same line. That happens when the newline between two records
+    is damaged: then both are acknowledged records, to report and not to cut off."""
+    for lineno, raw in damaged:
+        body = raw[:-1] if raw.endswith(b"\n") else raw
+        pos = body.find(_RECORD_START, 1)
+        while pos != -1:
+            try:
+                frame = open_line(keyring, stream_id, body[pos:])
+            except FrameError:
+                pos = body.find(_RECORD_START, pos + 1)
+                continue
+            raise JournalCorruptError(
+                path,
+                damaged[0][0],
+                last_seq + 1,
+                f"damaged record; an intact record (sequence {frame.seq}) follows it "
+                f"on line {lineno} at byte {pos}, so the line break between them was damaged",
+            )
 
 
 def _raise_if_never_torn(path: Path, lineno: int, err: FrameError, keyring: Keyring) -> None:
@@ -236,9 +265,12 @@ class Journal:
         """Seal and write several events in one write call; returns the last sequence."""
         fd = self._writable()
         first = self.last_seq + 1
-        data = b"".join(
-            seal(self.keyring, self.stream_id, first + i, p) for i, p in enumerate(payloads)
-        )
+        if len(payloads) == 1:  # the common case, kept cheap
+            data = seal(self.keyring, self.stream_id, first, payloads[0])
+        else:
+            data = b"".join(
+                seal(self.keyring, self.stream_id, first + i, p) for i, p in enumerate(payloads)
+            )
         self._write_all(fd, data)
         self.last_seq = first + len(payloads) - 1
         self._size += len(data)
