@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the daemon in the foreground until SIGTERM/SIGINT",
         description="Recover every conversation, signal READY to systemd, run heartbeats. "
-        "SIGTERM drains (running turns get drain_grace); a second signal exits at once.",
+        "SIGHUP reloads the config file (a bad one is refused and logged; the running one "
+        "stays). SIGTERM drains (running turns get drain_grace); a second signal exits at once.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -129,9 +130,10 @@ def _load(config_path: Path | None) -> tuple[Config, Keyring]:
 
 
 def cmd_run(config_path: Path | None) -> int:
-    config, keyring = _load(config_path)
+    path = config_path or default_config_path()
+    config, keyring = _load(path)
     configure_logging(config.daemon.log_format)
-    supervisor = Supervisor(config, keyring, SystemdNotifier())
+    supervisor = Supervisor(config, keyring, SystemdNotifier(), config_path=path)
     return asyncio.run(supervisor.run())
 
 

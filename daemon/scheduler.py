@@ -5,6 +5,11 @@ Every job is added with ``coalesce=True`` (late runs collapse into one),
 one second silently drops a beat that is a little late, for example while the event
 loop was busy journaling). The callback only dispatches: the supervisor decides
 whether the beat runs or is skipped, and journals either way.
+
+Cron jobs use :class:`jobs.schedule.CronSchedule` (one fire per wall-clock time on the
+night clocks go back). Beats missed while vigil was down are not APScheduler's
+business: its job store lives in memory, and the supervisor applies ``catch_up``.
+Re-adding a job under the same name replaces it (a reload, an idle-backoff step).
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
+
+from jobs.schedule import CronSchedule, interval_trigger
 
 DueCallback = Callable[[str], Awaitable[None]]
+CRON_MISFIRE_GRACE_S = 60
 
 
 class BeatScheduler:
@@ -43,15 +49,9 @@ class BeatScheduler:
         first_due: datetime,
         jitter: timedelta | None = None,
     ) -> None:
-        trigger = IntervalTrigger(
-            seconds=every.total_seconds(),
-            start_date=first_due,
-            timezone="UTC",
-            jitter=jitter.total_seconds() if jitter else None,
-        )
         self._scheduler.add_job(
             self._on_due,
-            trigger,
+            interval_trigger(every, first_due=first_due, jitter=jitter),
             args=[name],
             id=name,
             name=name,
@@ -66,13 +66,13 @@ class BeatScheduler:
         """``expression``: five fields, weekdays already normalized (see config)."""
         self._scheduler.add_job(
             self._on_due,
-            _cron_trigger(expression, zone),
+            CronSchedule(expression, zone),
             args=[name],
             id=name,
             name=name,
             coalesce=True,
             max_instances=1,
-            misfire_grace_time=60,
+            misfire_grace_time=CRON_MISFIRE_GRACE_S,
             replace_existing=True,
         )
 
@@ -80,11 +80,10 @@ class BeatScheduler:
         if self._scheduler.get_job(name) is not None:
             self._scheduler.remove_job(name)
 
+    def has(self, name: str) -> bool:
+        return self._scheduler.get_job(name) is not None
+
     def next_due(self, name: str) -> datetime | None:
         job = self._scheduler.get_job(name)
         when: datetime | None = getattr(job, "next_run_time", None) if job else None
         return when
-
-
-def _cron_trigger(expression: str, zone: tzinfo) -> Any:
-    return CronTrigger.from_crontab(expression, timezone=zone)

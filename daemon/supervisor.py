@@ -1,8 +1,17 @@
-"""The daemon's life: recover, announce READY, run beats, drain on SIGTERM.
+"""The daemon's life: recover, announce READY, run beats, reload on SIGHUP, drain.
 
 Shutdown follows uvicorn's shape: the signal handler only sets state; the main task
-stops new beats, gives running turns ``drain_grace``, then interrupts (journaled) what
-is left; a second signal exits at once.
+stops new beats, gives running turns and deliveries ``drain_grace``, then interrupts
+(journaled) what is left; a second signal exits at once.
+
+A due beat first passes the job's gate (``jobs.gate``: empty prompt, active hours,
+daily budget), else it is journaled as skipped with the reason. After downtime the
+missed beats are journaled with their count and ``catch_up`` decides whether one runs.
+A non-quiet reply is delivered to the job's sinks behind the delivery fence.
+
+SIGHUP re-reads the config file (:meth:`Supervisor.reload`): a bad file is refused and
+logged, the running configuration stays; otherwise jobs are added, removed (after
+their running work) or changed in place, and nothing that did not change is touched.
 """
 
 from __future__ import annotations
@@ -12,33 +21,45 @@ import faulthandler
 import os
 import signal
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
-from daemon.agent import AgentSession, AgentSpec
+from daemon.agent import AgentSession
 from daemon.beats import BeatResult, BeatRunner, ResumePoint
-from daemon.config import Config, HeartbeatConfig
+from daemon.config import Config, ConfigError, HeartbeatConfig, load_config
 from daemon.conversation import Conversation
 from daemon.errors import JournalFatalError, JournalWriteError, VigilError
 from daemon.events import Trigger
+from daemon.heartbeat import (
+    Job,
+    JournalDeliveryLog,
+    agent_spec,
+    beat_policy,
+    routes,
+    schedule_key,
+)
 from daemon.journal import FsyncPolicy
 from daemon.keyring import Keyring
 from daemon.layout import Layout
 from daemon.lock import StateLock
 from daemon.logs import get_logger
 from daemon.notify import Notifier, run_watchdog, watchdog_interval
+from daemon.reload import daemon_changes, diff_jobs, reload_problems
 from daemon.scheduler import BeatScheduler
 from daemon.store import JournalSessionStore
+from jobs.catchup import Missed, missed_fire_times, missed_on_grid, next_on_grid, runs_catch_up
+from jobs.delivery import deliver, settle_open
+from jobs.gate import check_beat
+from jobs.ledger import JobLedger
+from jobs.schedule import CronSchedule
+from jobs.sinks import Reply
 
 EXTEND_EVERY_S = 5.0
 FIRST_BEAT_DELAY = timedelta(seconds=1)
 
-
-@dataclass
-class Job:
-    config: HeartbeatConfig
-    runner: BeatRunner
+__all__ = ["Job", "Supervisor"]
 
 
 class Supervisor:
@@ -48,8 +69,11 @@ class Supervisor:
         keyring: Keyring,
         notifier: Notifier,
         environ: Mapping[str, str] | None = None,
+        *,
+        config_path: Path | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path
         self.keyring = keyring
         self.notifier = notifier
         self.environ = dict(os.environ if environ is None else environ)
@@ -59,12 +83,14 @@ class Supervisor:
         self.jobs: dict[str, Job] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.stop_requested = asyncio.Event()
+        self.reload_requested = asyncio.Event()
         self.draining = False
         self.fatal: VigilError | None = None
         self.degraded: str | None = None
         self._signals = 0
         self._lock = StateLock(self.layout.state_dir)
         self._scheduler = BeatScheduler(self._on_due)
+        self._spec_env: dict[str, str] = {}
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -81,19 +107,27 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
         self.layout.adopt_tmpdir()
         for leftover in self.layout.remove_resume_leftovers():
             self.log.info("removed_resume_leftover", path=str(leftover))
         self.store = JournalSessionStore(self.layout.transcripts, self.keyring, fsync=self.fsync)
+        self._spec_env = self.layout.cli_env(
+            self.environ, max_retries=self.config.daemon.model_max_retries
+        )
         replays = self._recover()
         self.notifier.notify("READY=1\nSTATUS=" + self.status_line())
         self.log.info("ready", jobs=sorted(self.jobs), state_dir=str(self.layout.state_dir))
         watchdog = self._start_watchdog()
-        self._schedule_all(replaying={name for name, _, _ in replays})
+        catch_ups = [n for n in list(self.jobs) if self._schedule_new(n, replaying=n in replays)]
         self._scheduler.start()
-        for name, trigger, prompt in replays:
+        for name, (trigger, prompt) in replays.items():
             self._spawn(name, prompt, trigger)
+        for name in catch_ups:
+            self._due(name, "catch_up")
+        reloader = asyncio.create_task(self._reload_loop(), name="reload")
         await self.stop_requested.wait()
+        reloader.cancel()
         await self._drain()
         if watchdog is not None:
             watchdog.cancel()
@@ -103,99 +137,170 @@ class Supervisor:
         self.log.info("stopped")
         return 0
 
-    def _recover(self) -> list[tuple[str, Trigger, str]]:
+    def _recover(self) -> dict[str, tuple[Trigger, str]]:
         """Open, heal and preflight every job's conversation; returns beats to rerun."""
         started = last_extend = time.monotonic()
-        replays: list[tuple[str, Trigger, str]] = []
-        spec_env = self.layout.cli_env(
-            self.environ, max_retries=self.config.daemon.model_max_retries
-        )
+        replays: dict[str, tuple[Trigger, str]] = {}
         for job_cfg in self.config.heartbeats:
             if time.monotonic() - last_extend > EXTEND_EVERY_S:
                 self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_EVERY_S * 4 * 1e6)}")
                 last_extend = time.monotonic()
-            conv = Conversation.open(
-                self.layout.conversations, job_cfg.name, self.keyring, fsync=self.fsync
-            )
-            log = self.log.bind(job=job_cfg.name)
-            if conv.tail_cut is not None:
-                cut = conv.tail_cut
-                log.warning(
-                    "torn_tail_cut",
-                    line=cut.tail.line,
-                    reason=cut.tail.reason,
-                    bytes_cut=cut.bytes_cut,
-                    kept_as=str(cut.broken_copy),
-                )
-            remembered = conv.state.cwd
-            if remembered is not None and remembered != str(job_cfg.cwd):
-                log.error(
-                    "cwd_changed",
-                    error=f"job {job_cfg.name!r}: its conversation was started in {remembered}, "
-                    f"but the configuration now says cwd = {job_cfg.cwd}. The CLI can only "
-                    "resume a session from the same directory, so vigil refuses this job "
-                    "rather than silently starting a new conversation. Restore the old cwd, "
-                    "or give the job a new name to start afresh.",
-                )
-                conv.close()
-                continue
-            agent = AgentSession(
-                AgentSpec(
-                    cwd=job_cfg.cwd,
-                    env=spec_env,
-                    model=job_cfg.model,
-                    system_prompt=job_cfg.system_prompt,
-                    allowed_tools=job_cfg.allowed_tools,
-                    permission_mode=job_cfg.permission_mode,
-                    max_turns=job_cfg.max_turns,
-                ),
-                self.store,
-            )
-            runner = BeatRunner(
-                conv,
-                agent,
-                job=job_cfg.name,
-                cwd=str(job_cfg.cwd),
-                turn_timeout=self.config.turn_timeout_for(job_cfg.name),
-                has_transcript=self.store.has_session,
-            )
-            self.jobs[job_cfg.name] = Job(job_cfg, runner)
-            healed = conv.heal()
-            if healed is None:
-                continue
-            policy = job_cfg.on_interrupted
-            log.warning(
-                "turn_healed", turn=healed.turn, deltas=healed.deltas, on_interrupted=policy
-            )
-            if policy in ("replay", "drop"):
-                runner.resume_point = ResumePoint(
-                    resume_at=conv.state.resume_at,
-                    drops_turn=healed.prompt_uuid,
-                    fresh_session=conv.state.resume_at is None,
-                )
-            if policy in ("replay", "continue"):
-                replays.append((job_cfg.name, "replay", healed.prompt))
+            replay = self._open_job(job_cfg)
+            if replay is not None:
+                replays[job_cfg.name] = replay
         self.log.info(
             "recovered", jobs=len(self.jobs), seconds=round(time.monotonic() - started, 3)
         )
         return replays
 
-    def _schedule_all(self, replaying: set[str]) -> None:
-        """First due time: one interval after the last beat (a replay counts as a beat)."""
+    def _open_job(self, job_cfg: HeartbeatConfig) -> tuple[Trigger, str] | None:
+        """Open and heal one job's conversation, settle its delivery fence, register it.
+
+        Returns the beat to rerun at once (an interrupted turn), if any.
+        """
+        ledger = JobLedger()
+        conv = Conversation.open(
+            self.layout.conversations,
+            job_cfg.name,
+            self.keyring,
+            fsync=self.fsync,
+            visit=ledger.feed,
+        )
+        conv.listeners.append(lambda _name, _seq, event: ledger.feed(event))
+        log = self.log.bind(job=job_cfg.name)
+        if conv.tail_cut is not None:
+            cut = conv.tail_cut
+            log.warning(
+                "torn_tail_cut",
+                line=cut.tail.line,
+                reason=cut.tail.reason,
+                bytes_cut=cut.bytes_cut,
+                kept_as=str(cut.broken_copy),
+            )
+        remembered = conv.state.cwd
+        if remembered is not None and remembered != str(job_cfg.cwd):
+            log.error(
+                "cwd_changed",
+                error=f"job {job_cfg.name!r}: its conversation was started in {remembered}, "
+                f"but the configuration now says cwd = {job_cfg.cwd}. The CLI can only "
+                "resume a session from the same directory, so vigil refuses this job "
+                "rather than silently starting a new conversation. Restore the old cwd, "
+                "or give the job a new name to start afresh.",
+            )
+            conv.close()
+            return None
+        runner = BeatRunner(
+            conv,
+            AgentSession(agent_spec(job_cfg, self._spec_env), self.store),
+            job=job_cfg.name,
+            cwd=str(job_cfg.cwd),
+            turn_timeout=self.config.turn_timeout_for(job_cfg.name),
+            has_transcript=self.store.has_session,
+        )
+        runner.quiet_rule = job_cfg.quiet_rule
+        self.jobs[job_cfg.name] = Job(job_cfg, runner, ledger)
+        for key in settle_open(list(ledger.open_deliveries.values()), JournalDeliveryLog(conv)):
+            log.warning("delivery_fenced", turn=key.turn, sink=key.sink)
+        healed = conv.heal()
+        if healed is None:
+            return None
+        policy = job_cfg.on_interrupted
+        log.warning("turn_healed", turn=healed.turn, deltas=healed.deltas, on_interrupted=policy)
+        if policy in ("replay", "drop"):
+            runner.resume_point = ResumePoint(
+                resume_at=conv.state.resume_at,
+                drops_turn=healed.prompt_uuid,
+                fresh_session=conv.state.resume_at is None,
+            )
+        if policy in ("replay", "continue"):
+            return ("replay", healed.prompt)
+        return None
+
+    # --- scheduling ------------------------------------------------------------------
+
+    def _schedule_new(self, name: str, *, replaying: bool) -> bool:
+        """Schedule a job that was not running; journal beats it missed while down.
+
+        Returns whether a catch-up beat should run now (``catch_up = "once"``). A beat
+        being replayed counts as that one beat.
+        """
+        job = self.jobs[name]
+        cfg = job.config
         now = datetime.now(UTC)
-        for name, job in self.jobs.items():
-            every = job.config.every
-            if every is None:
-                self._scheduler.add_cron(name, job.config.cron or "", job.config.zone)
-                continue
+        since = job.ledger.last_due_at
+        interval = job.wanted_interval()
+        missed: Missed | None = None
+        if since is not None:
+            if interval is not None:
+                missed = missed_on_grid(since, interval, now)
+            else:
+                cron = CronSchedule(cfg.cron or "", cfg.zone)
+                missed = missed_fire_times(cron.get_next_fire_time, since, now)
+        run_now = runs_catch_up(cfg.catch_up, missed) and not replaying
+        if missed is not None:
+            self._journal_missed(job, missed, replaying=replaying)
+        if interval is None:
+            self._scheduler.add_cron(name, cfg.cron or "", cfg.zone)
+            return run_now
+        if since is None:
             first = now + FIRST_BEAT_DELAY
-            last = job.runner.conversation.state.last_beat_at
-            if name in replaying:
-                first = now + every
-            elif last:
-                due = _parse_iso(last) + every
-                first = max(first, due)
-            self._scheduler.add_interval(name, every, first_due=first, jitter=job.config.jitter)
+        elif replaying or run_now:
+            first = now + interval
+        elif missed is not None:
+            first = next_on_grid(since, interval, now)  # catch_up = "skip"
+        else:
+            first = since + interval
+        job.interval = interval
+        self._scheduler.add_interval(name, interval, first_due=first, jitter=cfg.jitter)
+        return run_now
+
+    def _journal_missed(self, job: Job, missed: Missed, *, replaying: bool) -> None:
+        policy = job.config.catch_up
+        if replaying:
+            then = "the interrupted turn is replayed now and stands in for them"
+        elif policy == "once":
+            then = 'catch_up = "once": one beat runs now for all of them'
+        else:
+            then = 'catch_up = "skip": none runs; the next beat comes at its due time'
+        job.runner.skip(
+            "missed_while_down",
+            f"{missed.describe()}; {then}",
+            count=missed.count,
+            first_due=missed.first.isoformat(),
+            last_due=missed.last.isoformat(),
+            capped=missed.capped,
+            catch_up=policy,
+        )
+
+    def _reschedule(self, job: Job) -> None:
+        """Apply a changed schedule without firing early or twice: the next beat is one
+        (new) interval after the last beat, or the cron's next fire time."""
+        cfg = job.config
+        interval = job.wanted_interval()
+        if interval is None:
+            job.interval = None
+            self._scheduler.add_cron(job.name, cfg.cron or "", cfg.zone)
+            return
+        now = datetime.now(UTC)
+        last = job.ledger.last_due_at
+        first = now + FIRST_BEAT_DELAY if last is None else max(now, last + interval)
+        job.interval = interval
+        self._scheduler.add_interval(job.name, interval, first_due=first, jitter=cfg.jitter)
+
+    def _apply_idle_backoff(self, job: Job) -> None:
+        """After a beat: stretch or reset the interval when the quiet streak says so."""
+        interval = job.wanted_interval()
+        if job.retired or interval is None or interval == job.interval:
+            return
+        previous = job.interval
+        self._reschedule(job)
+        self.log.info(
+            "idle_backoff",
+            job=job.name,
+            quiet_streak=job.ledger.quiet_streak,
+            interval_s=interval.total_seconds(),
+            previous_interval_s=previous.total_seconds() if previous else None,
+        )
 
     def _start_watchdog(self) -> asyncio.Task[None] | None:
         interval = watchdog_interval(self.environ)
@@ -209,44 +314,106 @@ class Supervisor:
     # --- beats -----------------------------------------------------------------------
 
     async def _on_due(self, name: str) -> None:
-        job = self.jobs.get(name)
-        if job is None or self.draining:
-            return
-        if job.runner.busy:
-            job.runner.skip("previous_turn_running", "the previous turn was still running")
-            return
-        self._spawn(name, job.config.prompt_text, "schedule")
+        self._due(name, "schedule")
 
-    def trigger_beat(self, name: str, trigger: Trigger = "manual") -> bool:
-        job = self.jobs[name]
-        if job.runner.busy or self.draining:
+    def _due(self, name: str, trigger: Trigger) -> bool:
+        """A beat came due: run it, or journal why not. Returns whether it runs."""
+        job = self.jobs.get(name)
+        if job is None or job.retired or self.draining:
+            return False
+        try:
+            if job.runner.busy:
+                job.runner.skip("previous_turn_running", "the previous turn was still running")
+                return False
+            now = datetime.now(UTC)
+            skip = check_beat(
+                beat_policy(job.config),
+                now=now,
+                spent_today=job.ledger.spend.spent_today(now, job.config.zone),
+                manual=trigger == "manual",
+            )
+            if skip is not None:
+                job.runner.skip(skip.reason, skip.detail)
+                return False
+        except JournalFatalError as exc:
+            self._die(exc)
+            return False
+        except JournalWriteError as exc:
+            self._degrade(name, exc)
             return False
         self._spawn(name, job.config.prompt_text, trigger)
         return True
 
-    def _spawn(self, name: str, prompt: str, trigger: Trigger) -> None:
-        task = asyncio.create_task(self._beat(name, prompt, trigger), name=f"beat:{name}")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    def trigger_beat(self, name: str, trigger: Trigger = "manual") -> bool:
+        """Run a beat now (active hours do not apply to manual beats)."""
+        return self._due(name, trigger)
 
-    async def _beat(self, name: str, prompt: str, trigger: Trigger) -> None:
-        runner = self.jobs[name].runner
+    def _spawn(self, name: str, prompt: str, trigger: Trigger) -> None:
+        job = self.jobs[name]
+        task = asyncio.create_task(self._beat(job, prompt, trigger), name=f"beat:{name}")
+        self.tasks.add(task)
+        job.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(job.tasks.discard)
+
+    async def _beat(self, job: Job, prompt: str, trigger: Trigger) -> None:
+        runner = job.runner
         try:
-            result = await runner.beat(prompt, trigger)
+            try:
+                result = await runner.beat(prompt, trigger)
+            except JournalFatalError as exc:
+                self._die(exc)
+                await runner.agent.disconnect()
+                return
+            except JournalWriteError as exc:
+                self._degrade(job.name, exc)
+                await runner.agent.disconnect()
+                return
+            if self.degraded is not None:
+                self.degraded = None
+            self._report(job.name, result)
+            if job.reconnect_after_turn:
+                job.reconnect_after_turn = False
+                await runner.agent.disconnect()
+            self._apply_idle_backoff(job)
+            if result.outcome == "completed" and not result.quiet and result.reply:
+                await self._deliver(job, result)
+        finally:
+            if job.retired and job.tasks <= {asyncio.current_task()}:
+                await self._close_job(job)
+
+    async def _deliver(self, job: Job, result: BeatResult) -> None:
+        reply = Reply(
+            job.name,
+            result.turn,
+            result.reply or "",
+            datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            result.session_id,
+        )
+        try:
+            await deliver(
+                reply,
+                routes(job.config, emit=self._show_reply),
+                JournalDeliveryLog(job.runner.conversation),
+            )
         except JournalFatalError as exc:
-            self.fatal = exc
-            self.stop_requested.set()
-            await runner.agent.disconnect()
-            return
+            self._die(exc)
         except JournalWriteError as exc:
-            self.degraded = str(exc)
-            self.log.error("journal_write_failed", job=name, error=str(exc))
-            await runner.agent.disconnect()
-            self.notifier.notify("STATUS=degraded: " + str(exc))
-            return
-        if self.degraded is not None:
-            self.degraded = None
-        self._report(name, result)
+            self._degrade(job.name, exc)
+
+    def _show_reply(self, reply: Reply) -> None:
+        self.log.info(
+            "reply", job=reply.job, turn=reply.turn, session=reply.session_id, text=reply.text
+        )
+
+    def _die(self, exc: JournalFatalError) -> None:
+        self.fatal = exc
+        self.stop_requested.set()
+
+    def _degrade(self, name: str, exc: JournalWriteError) -> None:
+        self.degraded = str(exc)
+        self.log.error("journal_write_failed", job=name, error=str(exc))
+        self.notifier.notify("STATUS=degraded: " + str(exc))
 
     def _report(self, name: str, result: BeatResult) -> None:
         self.notifier.notify("STATUS=" + self.status_line())
@@ -260,17 +427,135 @@ class Supervisor:
             )
 
     def status_line(self) -> str:
-        running = sum(1 for j in self.jobs.values() if j.runner.busy)
-        parts = [f"{len(self.jobs)} jobs", f"{running} running"]
-        lasts = [(n, j.runner.last) for n, j in self.jobs.items() if j.runner.last is not None]
+        live = [j for j in self.jobs.values() if not j.retired]
+        running = sum(1 for j in live if j.runner.busy)
+        parts = [f"{len(live)} jobs", f"{running} running"]
+        lasts = [j.runner.last for j in live if j.runner.last is not None]
         if lasts:
-            failed = sum(1 for _, r in lasts if r is not None and r.outcome == "failed")
+            failed = sum(1 for r in lasts if r is not None and r.outcome == "failed")
             parts.append(f"{failed} failing")
         if self.degraded:
             parts.insert(0, "degraded")
         if self.draining:
             parts.insert(0, "stopping")
         return "; ".join(parts)
+
+    # --- reload ----------------------------------------------------------------------
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self.reload_requested.wait()
+            self.reload_requested.clear()
+            if not self.draining:
+                self.reload()
+
+    def reload(self) -> bool:
+        """Re-read the config file and apply it; False (logged) when it was refused."""
+        if self.config_path is None:
+            self.log.error("reload_refused", error="vigil was started without a config path")
+            return False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            self.log.error("reload_refused", path=str(self.config_path), error=str(exc))
+            return False
+        problems = reload_problems(self.config, new)
+        if problems:
+            self.log.error("reload_refused", path=str(self.config_path), error="; ".join(problems))
+            return False
+        ignored = daemon_changes(self.config.daemon, new.daemon)
+        if ignored:
+            self.log.warning(
+                "reload_daemon_settings_need_restart",
+                keys=ignored,
+                detail="[daemon] settings take effect at the next restart",
+            )
+        new = new.model_copy(update={"daemon": self.config.daemon})
+        diff = diff_jobs(
+            self.config,
+            new,
+            spec=lambda cfg: agent_spec(cfg, self._spec_env),
+            schedule=schedule_key,
+        )
+        self.config = new
+        for name in diff.removed:
+            if name in self.jobs:
+                self._retire(self.jobs[name])
+        for name in diff.changed:
+            if name in self.jobs:
+                self._change(
+                    self.jobs[name],
+                    new.job(name),
+                    reschedule=name in diff.reschedule,
+                    respec=name in diff.respec,
+                )
+        refused: list[str] = []
+        for name in diff.added:
+            if not self._add(new.job(name)):
+                refused.append(name)
+        self.log.info(
+            "reloaded",
+            added=diff.added,
+            removed=diff.removed,
+            changed=diff.changed,
+            unchanged=diff.unchanged,
+            refused=refused,
+        )
+        self.notifier.notify("STATUS=" + self.status_line())
+        return True
+
+    def _change(self, job: Job, cfg: HeartbeatConfig, *, reschedule: bool, respec: bool) -> None:
+        job.config = cfg
+        runner = job.runner
+        runner.quiet_rule = cfg.quiet_rule
+        runner.turn_timeout = self.config.turn_timeout_for(cfg.name)
+        if respec:
+            runner.agent.spec = agent_spec(cfg, self._spec_env)
+            if runner.busy:
+                job.reconnect_after_turn = True
+            elif runner.agent.connected:
+                self._background(runner.agent.disconnect(), f"reconnect:{job.name}")
+        if reschedule:
+            self._reschedule(job)
+
+    def _add(self, cfg: HeartbeatConfig) -> bool:
+        existing = self.jobs.get(cfg.name)
+        if existing is not None:  # removed earlier, still finishing: take it back
+            existing.retired = False
+            self._change(existing, cfg, reschedule=True, respec=True)
+            return True
+        try:
+            replay = self._open_job(cfg)
+        except VigilError as exc:
+            self.log.error("job_refused", job=cfg.name, error=str(exc))
+            return False
+        if cfg.name not in self.jobs:
+            return False  # refused inside (cwd changed), already logged
+        catch_up = self._schedule_new(cfg.name, replaying=replay is not None)
+        if replay is not None:
+            self._spawn(cfg.name, replay[1], replay[0])
+        elif catch_up:
+            self._due(cfg.name, "catch_up")
+        return True
+
+    def _retire(self, job: Job) -> None:
+        job.retired = True
+        self._scheduler.remove(job.name)
+        if not job.tasks:
+            self._background(self._close_job(job), f"close:{job.name}")
+
+    async def _close_job(self, job: Job) -> None:
+        if not job.retired or self.jobs.get(job.name) is not job:
+            return
+        del self.jobs[job.name]
+        await job.runner.agent.disconnect()
+        job.runner.conversation.close()
+        self.log.info("job_removed", job=job.name)
+
+    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     # --- shutdown --------------------------------------------------------------------
 
@@ -300,7 +585,3 @@ class Supervisor:
         for job in self.jobs.values():
             await job.runner.agent.disconnect()
             job.runner.conversation.close()
-
-
-def _parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
