@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from daemon import cli_mirror
 from daemon.config import Config, default_config_path, load_config
 from daemon.demo import run_demo
 from daemon.devmodel import run_forever
@@ -29,6 +31,7 @@ exit codes:
   5  journal write failed (disk full?)
   6  fsync failed: exited without acknowledging the record
   7  another vigil already runs on this state directory
+  8  verify found a damaged journal record or a mirror that differs from the journals
 """
 
 
@@ -82,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         "rotate", help="add a fresh key; new records use it, old records stay readable"
     )
     rot.add_argument("path", type=Path)
+    cli_mirror.add_reencrypt_options(rot, config_help)
+    cli_mirror.add_commands(sub, config_help)
 
     dev = sub.add_parser(
         "dev-model",
@@ -105,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `vigil export NAME | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -113,6 +121,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_run(args.config)
     if command == "history":
         return cmd_history(args.config, args.name, as_json=args.json)
+    if cli_mirror.handles(args):
+        return cli_mirror.run(args)
     if command == "key":
         return cmd_key(args.key_command, args.path)
     if command == "dev-model":
