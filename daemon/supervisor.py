@@ -282,7 +282,7 @@ class Supervisor:
             self._scheduler.add_cron(job.name, cfg.cron or "", cfg.zone)
             return
         now = datetime.now(UTC)
-        last = job.ledger.last_due_at
+        last = job.ledger.last_started_at or job.ledger.last_due_at
         first = now + FIRST_BEAT_DELAY if last is None else max(now, last + interval)
         job.interval = interval
         self._scheduler.add_interval(job.name, interval, first_due=first, jitter=cfg.jitter)
