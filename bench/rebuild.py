@@ -7,16 +7,21 @@ tool call, the result with cost and usage, the end; now and then a skipped beat 
 delivery), then, in the same run and on the same files:
 
 (a) decrypt + parse only: ``journal.scan`` + ``decode_payload`` for every record
-(b) full rebuild: ``mirror.rebuild`` into a fresh SQLite file (decrypt, parse, fold,
-    insert rows and the FTS index), one transaction per conversation
+(b) full rebuild: ``mirror_rebuild.rebuild`` into a fresh SQLite file (decrypt, parse,
+    fold, insert rows and the FTS index), one transaction per conversation
+(c) the same with ``workers`` processes decrypting and folding (``--workers``, default
+    one per CPU) while the main process writes
+(d) fold + insert only: the mirror's own cost, replaying events already decrypted and
+    parsed (the first ``--insert-sample`` records' conversations, held in memory)
 
-Target: (b) at least 100,000 records/s. ``--dir`` keeps the journals, and a later run
+Target: a full rebuild at least 100,000 records/s. ``--dir`` keeps the journals, and a later run
 with the same ``--dir`` and sizes reuses them (generating 1M records takes a while).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import sys
@@ -30,7 +35,8 @@ from daemon.conversation import conversation_names, journal_path
 from daemon.framing import decode_payload, encode_payload
 from daemon.journal import FsyncPolicy, Journal, scan
 from daemon.keyring import Keyring
-from daemon.mirror import Mirror, rebuild
+from daemon.mirror import Mirror, events_feed
+from daemon.mirror_rebuild import rebuild
 
 TARGET = 100_000
 _TEXT = (
@@ -115,15 +121,41 @@ def decrypt_and_parse(directory: Path, keyring: Keyring) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
-def full_rebuild(directory: Path, keyring: Keyring, db: Path) -> tuple[int, float]:
+def full_rebuild(directory: Path, keyring: Keyring, db: Path, workers: int) -> tuple[int, float]:
     for leftover in db.parent.glob(db.name + "*"):
         leftover.unlink()
     mirror = Mirror.open(db)
     started = time.perf_counter()
-    stats = rebuild(mirror, directory, keyring)
+    stats = rebuild(mirror, directory, keyring, workers=workers)
     mirror.close()
     assert not stats.errors, stats.errors
     return stats.records, time.perf_counter() - started
+
+
+def _decoded(path: Path, name: str, keyring: Keyring) -> list[tuple[int, dict[str, Any]]]:
+    events: list[tuple[int, dict[str, Any]]] = []
+    scan(path, name, keyring, lambda fr: events.append((fr.seq, decode_payload(fr.payload))))
+    return events
+
+
+def insert_only(directory: Path, keyring: Keyring, db: Path, sample: int) -> tuple[int, float]:
+    decoded: list[tuple[str, list[tuple[int, dict[str, Any]]]]] = []
+    held = 0
+    for name in conversation_names(directory):
+        if held >= sample:
+            break
+        events = _decoded(journal_path(directory, name), name, keyring)
+        decoded.append((name, events))
+        held += len(events)
+    for leftover in db.parent.glob(db.name + "*"):
+        leftover.unlink()
+    mirror = Mirror.open(db)
+    started = time.perf_counter()
+    for name, events in decoded:
+        mirror.replay(name, events_feed(events))
+    elapsed = time.perf_counter() - started
+    mirror.close()
+    return held, elapsed
 
 
 def main() -> int:
@@ -131,6 +163,8 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--conversations", type=int, default=1_000)
     parser.add_argument("--dir", type=Path, default=None, help="keep (and reuse) journals here")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--insert-sample", type=int, default=200_000)
     args = parser.parse_args()
     base = args.dir or Path(tempfile.mkdtemp(prefix="vigil-bench-rebuild-"))
     journals = base / f"journals-{args.records}-{args.conversations}"
@@ -144,18 +178,30 @@ def main() -> int:
             generate(journals, keyring, args.records, args.conversations)
             keyring.save(key_file)
         n_a, t_a = decrypt_and_parse(journals, keyring)
-        n_b, t_b = full_rebuild(journals, keyring, base / "mirror.sqlite3")
-        assert n_a == n_b == args.records, (n_a, n_b)
+        n_b, t_b = full_rebuild(journals, keyring, base / "mirror.sqlite3", 1)
         size = (base / "mirror.sqlite3").stat().st_size
-        rate_a, rate_b = n_a / t_a, n_b / t_b
-        print(f"{args.records:,} records across {args.conversations:,} conversations")
-        print(f"(a) decrypt + parse only        {rate_a:>10,.0f} records/s  {t_a:6.1f} s")
+        n_c, t_c = full_rebuild(journals, keyring, base / "mirror.sqlite3", args.workers)
+        assert n_a == n_b == n_c == args.records, (n_a, n_b, n_c)
+        rate_a, rate_b, rate_c = n_a / t_a, n_b / t_b, n_c / t_c
         print(
-            f"(b) full rebuild (+fold+insert) {rate_b:>10,.0f} records/s  {t_b:6.1f} s  "
+            f"{args.records:,} records across {args.conversations:,} conversations, "
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+        )
+        print(f"(a) decrypt + parse only          {rate_a:>9,.0f} records/s  {t_a:6.1f} s")
+        print(
+            f"(b) full rebuild                  {rate_b:>9,.0f} records/s  {t_b:6.1f} s  "
             f"({rate_b / rate_a:.2f} of (a); mirror {size / 1e6:.0f} MB)"
         )
-        verdict = "met" if rate_b >= TARGET else "MISSED"
-        print(f"target (b) >= {TARGET:,} records/s: {verdict}")
+        print(
+            f"(c) full rebuild, {args.workers} workers       {rate_c:>9,.0f} records/s  "
+            f"{t_c:6.1f} s  ({rate_c / rate_a:.2f} of (a))"
+        )
+        n_d, t_d = insert_only(journals, keyring, base / "mirror.sqlite3", args.insert_sample)
+        print(f"(d) fold + insert only            {n_d / t_d:>9,.0f} records/s  {t_d:6.1f} s  "
+              f"({n_d:,} records already decrypted)")  # fmt: skip
+        best = max(rate_b, rate_c)
+        verdict = "met" if best >= TARGET else "MISSED"
+        print(f"target full rebuild >= {TARGET:,} records/s: {verdict} ({best:,.0f})")
     finally:
         if args.dir is None:
             shutil.rmtree(base, ignore_errors=True)

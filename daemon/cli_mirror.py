@@ -32,11 +32,13 @@ from daemon.framing import decode_payload
 from daemon.journal import scan
 from daemon.keyring import Keyring, resolve_key_path
 from daemon.layout import Layout
-from daemon.mirror import ConversationSummary, Hit, Mirror, RebuildProgress, RebuildStats, rebuild
+from daemon.mirror import ConversationSummary, Hit, Mirror
+from daemon.mirror_rebuild import RebuildProgress, RebuildStats, rebuild
 from daemon.reencrypt import rotate_and_reencrypt
 from daemon.verify import verify
 
 VERIFY_FAILED = 8
+PARALLEL_BYTES = 32 << 20  # below this, starting worker processes costs more than it saves
 COMMANDS = frozenset({"rebuild", "verify", "search", "sessions", "export"})
 _MARK = ("\x02", "\x03")
 
@@ -68,6 +70,13 @@ def add_commands(
         "otherwise. Safe while the daemon runs (its updates wait for each conversation).",
     )
     p.add_argument("name", nargs="?", help="only this conversation")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes decrypting in parallel (default: one per CPU, up to 8, "
+        f"for more than {PARALLEL_BYTES >> 20} MB of journals)",
+    )
     p.add_argument("--config", type=Path, default=None, help=config_help)
     p.add_argument("--json", action="store_true", help="the summary as JSON")
 
@@ -135,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         return cmd_reencrypt(args.path, args.config, as_json=args.json)
     config = load_config(args.config or default_config_path())
     if command == "rebuild":
-        return cmd_rebuild(config, args.name, as_json=args.json)
+        return cmd_rebuild(config, args.name, args.workers, as_json=args.json)
     if command == "verify":
         return cmd_verify(config, as_json=args.json)
     if command == "search":
@@ -158,19 +167,24 @@ def _keyring(config: Config) -> Keyring:
 # ---------------------------------------------------------------- rebuild
 
 
-def cmd_rebuild(config: Config, name: str | None, *, as_json: bool) -> int:
+def cmd_rebuild(config: Config, name: str | None, workers: int | None, *, as_json: bool) -> int:
     keyring = _keyring(config)
     path = config.daemon.mirror_file
     _check_owner(path if path.exists() else config.daemon.runtime_dir)
+    directory = _layout(config).conversations
+    if workers is None:
+        size = sum(p.stat().st_size for p in directory.glob("*.jsonl"))
+        workers = min(os.cpu_count() or 1, 8) if size > PARALLEL_BYTES and name is None else 1
     mirror = Mirror.open(path, busy_timeout_ms=30_000)
     try:
         with _progress_bar(enabled=not as_json and sys.stderr.isatty()) as progress:
             stats = rebuild(
                 mirror,
-                _layout(config).conversations,
+                directory,
                 keyring,
                 None if name is None else [name],
                 progress,
+                workers=workers,
             )
     finally:
         mirror.close()

@@ -1,7 +1,8 @@
 """The derived mirror: a SQLite database (WAL) folded from the conversation journals.
 
 The journal is the truth; the mirror is an index that can always be thrown away and
-rebuilt (:func:`rebuild` purges and replays, it never patches). Tables:
+rebuilt (``daemon.mirror_rebuild.rebuild`` purges and replays, it never patches).
+Tables:
 
 * ``conversations``: one row per journal: last sequence applied, session, last activity
 * ``turns``: one row per turn (and per skipped beat, status ``skipped``), keyed by
@@ -41,20 +42,15 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from daemon.config import UnknownJobError
-from daemon.conversation import conversation_names, journal_path
 from daemon.errors import VigilError
 from daemon.events import Event
-from daemon.framing import decode_payload
 from daemon.fsutil import FILE_MODE, ensure_private_dir
-from daemon.journal import scan
-from daemon.keyring import Keyring
 from daemon.logs import get_logger
 from daemon.mirror_fold import (
     BOUNDARIES,
@@ -82,6 +78,7 @@ from daemon.mirror_schema import (
 
 FLUSH_EVERY = 512
 FLUSH_INTERVAL = 0.2  # seconds
+BULK_WAIT_MS = 30_000  # how long a purge or replay waits for another writer
 REBUILD_CHUNK = 20_000  # records of one conversation folded before its rows are written
 _MARK = ("\x02", "\x03")  # snippet() markers, replaced by the caller's
 Sink = Callable[[int, Event], None]
@@ -180,6 +177,7 @@ class Mirror:
         self.flush_every = flush_every
         self.flush_interval = flush_interval
         self.gaps = 0
+        self.busy_timeout_ms = 0
         self.error: sqlite3.Error | None = None
         self._convs: dict[str, ConvState] = {}
         self._dirty: set[str] = set()
@@ -213,13 +211,17 @@ class Mirror:
             )
         else:
             if not memory:
-                _create_private(Path(path))
+                try:
+                    _create_private(Path(path))
+                except OSError as exc:
+                    raise MirrorError(path, f"cannot be created ({exc.strerror})") from None
             db = sqlite3.connect(str(path), isolation_level=None)
         db.row_factory = sqlite3.Row
         db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         mirror = cls(
             db, path, readonly=readonly, flush_every=flush_every, flush_interval=flush_interval
         )
+        mirror.busy_timeout_ms = int(busy_timeout_ms)
         try:
             mirror._prepare(memory=memory)
         except sqlite3.DatabaseError as exc:
@@ -252,7 +254,7 @@ class Mirror:
 
     def _recreate(self) -> None:
         """Drop every table and create the schema afresh (in one transaction)."""
-        self.db.execute("BEGIN IMMEDIATE")
+        self._begin_waiting()
         try:
             for table in TABLES:
                 self.db.execute(f"DROP TABLE IF EXISTS {table}")
@@ -408,7 +410,7 @@ class Mirror:
             self.gaps = 0
             return
         self.flush()
-        self.db.execute("BEGIN IMMEDIATE")
+        self._begin_waiting()
         try:
             self._delete_rows(conversation)
         except BaseException:
@@ -428,12 +430,13 @@ class Mirror:
         """Purge one conversation and fold in what ``feed`` sends, in one transaction.
 
         ``feed(sink)`` calls ``sink(seq, event)`` for each record in order (see
-        :func:`journal_feed`). Returns how many records were applied. If ``feed``
-        raises, the transaction rolls back: the conversation's rows stay as they were.
+        ``mirror_rebuild.journal_feed`` and :func:`events_feed`). Returns how many
+        records were applied. If ``feed`` raises, the transaction rolls back: the
+        conversation's rows stay as they were.
         """
         self._check_writable()
         self.flush()
-        self.db.execute("BEGIN IMMEDIATE")
+        self._begin_waiting()
         count = 0
         try:
             self._delete_rows(conversation)
@@ -454,8 +457,9 @@ class Mirror:
                     c.clean()
 
             feed(sink)
-            self._write(c, index=False)
-            self.db.execute(FTS_ADD_CONVERSATION, (conversation,))
+            if c.last_seq:  # an empty journal has no rows, live or rebuilt
+                self._write(c, index=False)
+                self.db.execute(FTS_ADD_CONVERSATION, (conversation,))
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -463,6 +467,35 @@ class Mirror:
             raise
         c.clean()
         return count
+
+    def adopt(self, state: ConvState) -> int:
+        """Purge ``state.name`` and write a conversation folded elsewhere from a fresh
+        start (a rebuild worker), in one transaction. Returns its record count."""
+        self._check_writable()
+        self.flush()
+        self._begin_waiting()
+        try:
+            self._delete_rows(state.name)
+            if state.last_seq:
+                self._write(state, index=False)
+                self.db.execute(FTS_ADD_CONVERSATION, (state.name,))
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        count = state.pending
+        state.clean()
+        self._convs[state.name] = state
+        return count
+
+    def _begin_waiting(self) -> None:
+        """BEGIN IMMEDIATE, waiting up to :data:`BULK_WAIT_MS` for another writer: a purge
+        or replay is explicit work, unlike a flush, which never waits."""
+        self.db.execute(f"PRAGMA busy_timeout = {max(BULK_WAIT_MS, self.busy_timeout_ms)}")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
 
     def _check_writable(self) -> None:
         if self.readonly:
@@ -576,110 +609,6 @@ def _create_private(path: Path) -> None:
         os.fchmod(fd, FILE_MODE)
     finally:
         os.close(fd)
-
-
-# ---------------------------------------------------------------- rebuild
-
-
-@dataclass(frozen=True)
-class RebuildProgress:
-    conversation: str
-    conversations_done: int
-    conversations_total: int
-    records: int
-    bytes_done: int
-    bytes_total: int
-
-
-@dataclass
-class RebuildStats:
-    records: int = 0
-    conversations: int = 0
-    seconds: float = 0.0
-    errors: list[VigilError] = field(default_factory=list)
-
-    @property
-    def rate(self) -> float:
-        return self.records / self.seconds if self.seconds > 0 else 0.0
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "records": self.records,
-            "conversations": self.conversations,
-            "seconds": round(self.seconds, 3),
-            "records_per_second": round(self.rate),
-            "errors": [str(e) for e in self.errors],
-        }
-
-
-Progress = Callable[[RebuildProgress], None]
-
-
-def rebuild(
-    mirror: Mirror,
-    journals_dir: Path,
-    keyring: Keyring,
-    names: Iterable[str] | None = None,
-    progress: Progress | None = None,
-    *,
-    upto: Mapping[str, int] | None = None,
-) -> RebuildStats:
-    """Purge and replay from the journals: all conversations, or those in ``names``.
-
-    Each conversation is replayed in one transaction. A journal that cannot be read
-    (corrupt, wrong key, newer format) is left out of the mirror and its error listed
-    in the result; the others are rebuilt. A torn tail (possibly a record the daemon is
-    writing right now) is not replayed. ``upto`` limits a conversation to the records
-    up to a sequence number (``vigil verify`` compares against a running daemon's
-    mirror that way). Raises ``UnknownJobError`` for a name without a journal.
-    """
-    started = time.perf_counter()
-    present = conversation_names(journals_dir)
-    if names is None:
-        chosen = present
-        mirror.purge(None)
-    else:
-        chosen = list(dict.fromkeys(names))
-        for name in chosen:
-            if name not in present:
-                raise UnknownJobError(name, present)
-    paths = [journal_path(journals_dir, name) for name in chosen]
-    sizes = [p.stat().st_size for p in paths]
-    stats = RebuildStats()
-    done_bytes = 0
-    for i, (name, path) in enumerate(zip(chosen, paths, strict=True)):
-        limit = upto.get(name) if upto is not None else None
-        try:
-            stats.records += mirror.replay(name, journal_feed(path, name, keyring, limit))
-            stats.conversations += 1
-        except VigilError as exc:
-            mirror.purge(name)
-            stats.errors.append(exc)
-        done_bytes += sizes[i]
-        if progress is not None:
-            progress(
-                RebuildProgress(name, i + 1, len(chosen), stats.records, done_bytes, sum(sizes))
-            )
-    stats.seconds = time.perf_counter() - started
-    return stats
-
-
-def journal_feed(path: Path, name: str, keyring: Keyring, limit: int | None = None) -> Feed:
-    """A :data:`Feed` of a journal's records, read-only, through ``scan`` (which
-    authenticates each record; a record damaged after a good one raises)."""
-
-    def feed(sink: Sink) -> None:
-        if limit is None:
-            scan(path, name, keyring, lambda fr: sink(fr.seq, decode_payload(fr.payload)))
-        else:
-            scan(
-                path,
-                name,
-                keyring,
-                lambda fr: sink(fr.seq, decode_payload(fr.payload)) if fr.seq <= limit else None,
-            )
-
-    return feed
 
 
 def events_feed(records: Iterable[tuple[int, Event]]) -> Feed:

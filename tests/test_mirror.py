@@ -23,7 +23,8 @@ from daemon.events import Event
 from daemon.heal import fold
 from daemon.journal import FsyncPolicy, Journal
 from daemon.keyring import Keyring
-from daemon.mirror import Mirror, MirrorError, events_feed, rebuild
+from daemon.mirror import Mirror, MirrorError, events_feed
+from daemon.mirror_rebuild import rebuild
 from daemon.verify import check_index
 
 AT = "2026-11-21T10:00:00.000Z"
@@ -482,3 +483,44 @@ def test_a_restart_mid_turn_keeps_the_open_turn_context(tmp_path: Path) -> None:
     assert mirror.dump() == expected.dump()
     statuses = mirror.db.execute("SELECT status FROM turns ORDER BY turn").fetchall()
     assert [s[0] for s in statuses] == ["interrupted", "completed"]
+
+
+def test_a_parallel_rebuild_writes_the_same_rows(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    streams = {
+        f"job-{i}": [
+            ev.session_bound(f"s-{i}", "/srv", mode="new", at=AT),
+            *[
+                e
+                for t in range(1, rng.randint(2, 6))
+                for e in turn_events(
+                    t,
+                    prompt=rng.choice(WORDS),
+                    deltas=[w + " " for w in rng.sample(WORDS, 3)],
+                    tools=rng.randint(0, 2),
+                    cost_total=t / 10,
+                    end=rng.choice(["completed", "quiet", "failed"]),
+                    deliveries=["mail"],
+                )
+            ],
+        ]
+        for i in range(7)
+    }
+    write_journals(tmp_path / "conversations", KEYRING, streams)
+    serial, parallel = Mirror.open(tmp_path / "a.sqlite3"), Mirror.open(tmp_path / "b.sqlite3")
+    one = rebuild(serial, tmp_path / "conversations", KEYRING)
+    many = rebuild(parallel, tmp_path / "conversations", KEYRING, workers=2)
+    assert (many.records, many.conversations, many.errors) == (one.records, 7, [])
+    assert parallel.dump() == serial.dump()
+    assert parallel.search("alpha", limit=50) == serial.search("alpha", limit=50)
+    # A damaged journal is reported with its own error type, the others rebuilt.
+    path = journal_path(tmp_path / "conversations", "job-3")
+    lines = path.read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b'"d":"', b'"d":"AAAA', 1)
+    path.write_bytes(b"\n".join(lines))
+    many = rebuild(parallel, tmp_path / "conversations", KEYRING, workers=2)
+    assert many.conversations == 6
+    assert [type(e).__name__ for e in many.errors] == ["JournalCorruptError"]
+    assert {r.key[0] for r in parallel.dump()} == set(streams) - {"job-3"}
+    parallel.close()
+    serial.close()
