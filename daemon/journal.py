@@ -255,6 +255,37 @@ class Journal:
             tail_cut=tail_cut,
         )
 
+    @classmethod
+    def reopen(
+        cls,
+        path: Path,
+        stream_id: str,
+        keyring: Keyring,
+        *,
+        last_seq: int,
+        size: int,
+        fsync: FsyncPolicy = FsyncPolicy.TURN,
+    ) -> Journal:
+        """Reopen a journal this process wrote and closed, without reading it again.
+
+        Falls back to a full :meth:`open` (scan and recovery) when the file's size is not
+        the ``size`` it had when closed: someone else touched it.
+        """
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        if os.fstat(fd).st_size != size:
+            os.close(fd)
+            return cls.open(path, stream_id, keyring, fsync=fsync)
+        return cls(
+            path,
+            stream_id,
+            keyring,
+            fd=fd,
+            last_seq=last_seq,
+            size=size,
+            fsync=fsync,
+            tail_cut=None,
+        )
+
     # --- writing ---------------------------------------------------------------------
 
     def append(self, event: dict[str, Any]) -> int:

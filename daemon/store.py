@@ -203,15 +203,24 @@ class JournalSessionStore:
         return stream
 
     def _open(self, stream: _Stream) -> Journal:
+        if stream.size:
+            return Journal.reopen(
+                stream.path,
+                stream.stream_id,
+                self.keyring,
+                last_seq=stream.last_seq,
+                size=stream.size,
+                fsync=self.fsync,
+            )
         return Journal.open(stream.path, stream.stream_id, self.keyring, fsync=self.fsync)
 
     def _write(self, stream: _Stream, payloads: list[bytes]) -> None:
         journal = self._open(stream)
         try:
             stream.last_seq = journal.append_payloads(payloads)
-            stream.size = journal.size
             journal.sync()
         finally:
+            stream.size = journal.size
             journal.close()
 
     def _records(self, stream: _Stream) -> list[dict[str, Any]]:
@@ -223,6 +232,7 @@ class JournalSessionStore:
             fsync=self.fsync,
             visit=lambda fr: records.append(decode_payload(fr.payload)),
         )
+        stream.last_seq, stream.size = journal.last_seq, journal.size
         journal.close()
         return records
 
