@@ -177,9 +177,11 @@ class BeatRunner:
         except AgentFailure as failure:
             if failure.reason != "resume_rejected" or not plan.resume_at:
                 raise
-            # The CLI refused to drop the half turn (it absorbed more than we saw):
-            # resume plainly rather than retry the same request.
-            plan = ConnectPlan(session_id, resume=True)
+            # The CLI refused to attribute everything after resume_at to this half turn:
+            # an earlier half turn lies there too (e.g. a replay killed before its prompt
+            # reached the transcript). Still cut at the last completed turn, without the
+            # check: a plain resume would show the model the half turns.
+            plan = ConnectPlan(session_id, resume=True, resume_at=plan.resume_at)
             await self.agent.connect(plan)
         self.resume_point = None
         conv.record(ev.session_bound(session_id, self.cwd, mode="resume" if plan.resume else "new"))
