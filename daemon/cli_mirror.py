@@ -287,9 +287,11 @@ def _hits_table(hits: list[Hit]) -> None:
     if not hits:
         console.print("no matches")
         return
-    table = Table("conversation", "turn", "status", "started", "snippet")
+    table = Table("conversation", "turn", "status", "started (UTC)", "snippet")
     for h in hits:
-        table.add_row(h.conversation, str(h.turn), h.status, h.started_at or "", _marked(h.snippet))
+        table.add_row(
+            h.conversation, str(h.turn), h.status, _when(h.started_at), _marked(h.snippet)
+        )
     console.print(table)
 
 
@@ -323,13 +325,13 @@ def cmd_sessions(config: Config, *, as_json: bool) -> int:
 
 
 def _sessions_table(rows: list[ConversationSummary]) -> None:
-    table = Table("name", "turns", "last status", "last activity", "spend today", "session")
+    table = Table("name", "turns", "last status", "last activity (UTC)", "spend today", "session")
     for r in rows:
         table.add_row(
             r.name,
             str(r.turns),
             r.last_status or "-",
-            r.last_activity or "-",
+            _when(r.last_activity),
             f"${r.spend_today_usd:.4f}",
             r.session_id or "-",
         )
@@ -398,6 +400,11 @@ def cmd_reencrypt(key_path: Path, config_path: Path | None, *, as_json: bool) ->
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _when(stamp: str | None) -> str:
+    """``2026-11-21T10:00:00.123Z`` as ``2026-11-21 10:00:00`` (UTC) for a table."""
+    return stamp[:19].replace("T", " ") if stamp else "-"
 
 
 def _check_owner(path: Path) -> None:

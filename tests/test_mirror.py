@@ -524,3 +524,43 @@ def test_a_parallel_rebuild_writes_the_same_rows(tmp_path: Path) -> None:
     assert {r.key[0] for r in parallel.dump()} == set(streams) - {"job-3"}
     parallel.close()
     serial.close()
+
+
+def test_a_rebuild_by_another_process_while_the_daemon_applies(tmp_path: Path) -> None:
+    """``vigil rebuild inbox`` against the daemon's live mirror: the daemon's flushes
+    wait (never block) while the rebuild holds the database, and the end state equals
+    a rebuild of the whole journal."""
+    events = sample_streams()["inbox"]
+    more = turn_events(3 + 1, prompt="late beat", deltas=["after ", "the rebuild"])
+    write_journals(tmp_path / "conversations", KEYRING, {"inbox": events})
+    path = tmp_path / "m.sqlite3"
+    daemon = Mirror.open(path, flush_every=3, flush_interval=3600)
+    for seq, event in enumerate(events[:-3], start=1):
+        daemon.apply("inbox", seq, event)  # the last three stay unflushed
+    cli = Mirror.open(path, busy_timeout_ms=1000)
+    journal = journal_path(tmp_path / "conversations", "inbox")
+
+    def feed(sink: Any) -> None:
+        for seq, event in enumerate(events, start=1):
+            sink(seq, event)
+            if seq == 5:  # the daemon journals and applies meanwhile
+                n = len(events) - 2
+                daemon.apply("inbox", n, events[n - 1])
+                assert daemon.flush() is False  # the rebuild holds the database
+        stray = Journal.open(journal, "inbox", KEYRING, fsync=FsyncPolicy.NEVER)
+        for event in more:  # appended while the rebuild already read its records
+            stray.append(event)
+        stray.close()
+
+    cli.replay("inbox", feed)
+    all_events = [*events, *more]
+    for seq in range(len(events) - 1, len(all_events) + 1):
+        daemon.apply("inbox", seq, all_events[seq - 1])
+    assert daemon.flush() is True
+    expected = Mirror.open(":memory:")
+    expected.replay("inbox", events_feed(enumerate(all_events, start=1)))
+    assert cli.dump() == expected.dump()
+    assert daemon.error is None
+    daemon.close()
+    cli.close()
+    assert check_index(path) is None
