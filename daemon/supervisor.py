@@ -96,6 +96,9 @@ class Supervisor:
 
     async def run(self) -> int:
         faulthandler.enable()
+        # Owner-only for everything this process and its CLI children create, whatever
+        # umask we were started with (conversation text must not be group-readable).
+        os.umask(0o077)
         self.layout.create()
         self._lock.acquire()
         try:
