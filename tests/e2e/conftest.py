@@ -162,14 +162,14 @@ class OrphanWatch:
 
     def _poll(self) -> None:
         while not self._stop.wait(0.05):
-            with self._lock:
-                for orphan in self.orphans:
-                    if orphan.exited_at is None and not orphan.alive():
-                        orphan.exited_at = time.monotonic()
+            self.living()
 
     def living(self) -> list[Orphan]:
         with self._lock:
-            return [o for o in self.orphans if o.exited_at is None and o.alive()]
+            for orphan in self.orphans:
+                if orphan.exited_at is None and not orphan.alive():
+                    orphan.exited_at = time.monotonic()
+            return [o for o in self.orphans if o.exited_at is None]
 
     def wait_all_gone(self, timeout: float) -> list[Orphan]:
         """Wait until every orphan exited on its own; returns those still alive."""
