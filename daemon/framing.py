@@ -103,8 +103,21 @@ def encode_payload(event: dict[str, Any]) -> bytes:
     return _ENCODER.encode(event).encode("utf-8")
 
 
-def open_line(keyring: Keyring, stream_id: str, line: bytes) -> Frame:
-    """Authenticate and decrypt one line (without its newline) of stream ``stream_id``."""
+# The exact shape ``seal`` writes. Lines that match it parse without the JSON decoder
+# (about 4 us of the ~11 us a record costs to open); anything else takes the general
+# path below, so both accept and reject the same lines.
+_ENVELOPE = re.compile(
+    rb'\{"v":(0|[1-9][0-9]{0,8}),"c":"([A-Za-z0-9_.:-]{1,128})","s":(0|[1-9][0-9]{0,18}),'
+    rb'"k":"([0-9A-Za-z]{1,64})","n":"([A-Za-z0-9+/=]*)","d":"([A-Za-z0-9+/=]*)"\}'
+)
+
+
+def _envelope(line: bytes) -> tuple[object, object, object, object, object, object]:
+    """(version, stream, seq, key id, nonce b64, ciphertext b64) of one line."""
+    match = _ENVELOPE.fullmatch(line)
+    if match is not None:
+        v, c, s, k, n, d = match.groups()
+        return int(v), c.decode(), int(s), k.decode(), n.decode(), d.decode()
     try:
         # Envelopes are ASCII. RecursionError: garbage such as "[[[[..." nests too deep.
         env = _DECODE(line.decode("ascii"))
@@ -112,14 +125,19 @@ def open_line(keyring: Keyring, stream_id: str, line: bytes) -> Frame:
         raise FrameError(FrameProblem.UNPARSEABLE, "not a JSON object") from None
     if not isinstance(env, dict):
         raise FrameError(FrameProblem.UNPARSEABLE, "not a JSON object")
-    version = env.get("v")
+    return env.get("v"), env.get("c"), env.get("s"), env.get("k"), env.get("n"), env.get("d")
+
+
+def open_line(keyring: Keyring, stream_id: str, line: bytes) -> Frame:
+    """Authenticate and decrypt one line (without its newline) of stream ``stream_id``."""
+    version, stream, seq, key_id, n, d = _envelope(line)
     if version != FORMAT_VERSION:
         if isinstance(version, int) and version > FORMAT_VERSION:
             raise FrameError(FrameProblem.VERSION, f"version {version}", version=version)
         raise FrameError(FrameProblem.UNPARSEABLE, f"bad version field {version!r}")
-    seq, key_id, stream, n, d = env.get("s"), env.get("k"), env.get("c"), env.get("n"), env.get("d")
     if not (
         isinstance(seq, int)
+        and not isinstance(seq, bool)
         and isinstance(key_id, str)
         and isinstance(stream, str)
         and isinstance(n, str)
