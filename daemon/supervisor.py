@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import itertools
 import os
 import signal
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from daemon.beats import BeatResult, BeatRunner, ResumePoint
 from daemon.config import Config, ConfigError, HeartbeatConfig, load_config
 from daemon.conversation import Conversation
 from daemon.errors import JournalFatalError, JournalWriteError, VigilError
-from daemon.events import Trigger
+from daemon.events import Event, Trigger
 from daemon.heartbeat import (
     Job,
     JournalDeliveryLog,
@@ -45,6 +46,7 @@ from daemon.keyring import Keyring
 from daemon.layout import Layout
 from daemon.lock import StateLock
 from daemon.logs import get_logger
+from daemon.mirror import Mirror
 from daemon.notify import Notifier, run_watchdog, watchdog_interval
 from daemon.reload import daemon_changes, diff_jobs, reload_problems
 from daemon.scheduler import BeatScheduler
@@ -57,6 +59,7 @@ from jobs.schedule import CronSchedule
 from jobs.sinks import Reply
 
 EXTEND_EVERY_S = 5.0
+MIRROR_FLUSH_S = 0.5
 FIRST_BEAT_DELAY = timedelta(seconds=1)
 
 __all__ = ["Job", "Supervisor"]
@@ -118,6 +121,10 @@ class Supervisor:
         self._spec_env = self.layout.cli_env(
             self.environ, max_retries=self.config.daemon.model_max_retries
         )
+        # The mirror is derived: rebuilt from the journals at every start, during the
+        # one read recovery makes anyway (purge and replay, never patch).
+        self.mirror = Mirror.open(self.config.daemon.mirror_file)
+        self.mirror.purge(None)
         replays = self._recover()
         self.notifier.notify("READY=1\nSTATUS=" + self.status_line())
         self.log.info("ready", jobs=sorted(self.jobs), state_dir=str(self.layout.state_dir))
@@ -129,9 +136,12 @@ class Supervisor:
         for name in catch_ups:
             self._due(name, "catch_up")
         reloader = asyncio.create_task(self._reload_loop(), name="reload")
+        flusher = asyncio.create_task(self._flush_mirror_loop(), name="mirror")
         await self.stop_requested.wait()
         reloader.cancel()
         await self._drain()
+        flusher.cancel()
+        self.mirror.close()
         if watchdog is not None:
             watchdog.cancel()
         if self.fatal is not None:
@@ -162,14 +172,29 @@ class Supervisor:
         Returns the beat to rerun at once (an interrupted turn), if any.
         """
         ledger = JobLedger()
-        conv = Conversation.open(
-            self.layout.conversations,
-            job_cfg.name,
-            self.keyring,
-            fsync=self.fsync,
-            visit=ledger.feed,
-        )
+        opened: list[Conversation] = []
+
+        def read_once(sink: Callable[[int, Event], None]) -> None:
+            seqs = itertools.count(1)
+
+            def visit(event: Event) -> None:
+                ledger.feed(event)
+                sink(next(seqs), event)
+
+            opened.append(
+                Conversation.open(
+                    self.layout.conversations,
+                    job_cfg.name,
+                    self.keyring,
+                    fsync=self.fsync,
+                    visit=visit,
+                )
+            )
+
+        self.mirror.replay(job_cfg.name, read_once)
+        conv = opened[0]
         conv.listeners.append(lambda _name, _seq, event: ledger.feed(event))
+        conv.listeners.append(self.mirror.apply)
         log = self.log.bind(job=job_cfg.name)
         if conv.tail_cut is not None:
             cut = conv.tail_cut
@@ -304,6 +329,19 @@ class Supervisor:
             interval_s=interval.total_seconds(),
             previous_interval_s=previous.total_seconds() if previous else None,
         )
+
+    async def _flush_mirror_loop(self) -> None:
+        reported = False
+        while True:
+            await asyncio.sleep(MIRROR_FLUSH_S)
+            self.mirror.flush()
+            if self.mirror.error is not None and not reported:
+                reported = True
+                self.log.error(
+                    "mirror_failed",
+                    error=str(self.mirror.error),
+                    fix="the journals are intact; `vigil rebuild` or a restart rebuilds it",
+                )
 
     def _start_watchdog(self) -> asyncio.Task[None] | None:
         interval = watchdog_interval(self.environ)
