@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from daemon import cli_mirror
+from daemon import cli_live, cli_mirror
 from daemon.config import Config, default_config_path, load_config
 from daemon.demo import run_demo
 from daemon.devmodel import run_forever
@@ -32,6 +32,8 @@ exit codes:
   6  fsync failed: exited without acknowledging the record
   7  another vigil already runs on this state directory
   8  verify found a damaged journal record or a mirror that differs from the journals
+  9  no daemon is running (status, beat)
+ 10  the daemon refused the beat (a turn of that conversation is running, or it was skipped)
 """
 
 
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     rot.add_argument("path", type=Path)
     cli_mirror.add_reencrypt_options(rot, config_help)
     cli_mirror.add_commands(sub, config_help)
+    cli_live.add_commands(sub, config_help)
 
     dev = sub.add_parser(
         "dev-model",
@@ -115,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def dispatch(args: argparse.Namespace) -> int:
+def dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911  # one return per command reads best
     command: str = args.command
     if command == "run":
         return cmd_run(args.config)
@@ -123,6 +126,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_history(args.config, args.name, as_json=args.json)
     if cli_mirror.handles(args):
         return cli_mirror.run(args)
+    if cli_live.handles(args):
+        return cli_live.run(args)
     if command == "key":
         return cmd_key(args.key_command, args.path)
     if command == "dev-model":

@@ -30,6 +30,7 @@ from typing import Any
 from daemon.agent import AgentSession
 from daemon.beats import BeatResult, BeatRunner, ResumePoint
 from daemon.config import Config, ConfigError, HeartbeatConfig, load_config
+from daemon.control import SOCKET_NAME, ControlServer
 from daemon.conversation import Conversation
 from daemon.errors import JournalFatalError, JournalWriteError, VigilError
 from daemon.events import Event, Trigger
@@ -126,6 +127,8 @@ class Supervisor:
         self.mirror = Mirror.open(self.config.daemon.mirror_file)
         self.mirror.purge(None)
         replays = self._recover()
+        control = ControlServer(self.layout.runtime_dir / SOCKET_NAME, self)
+        await control.start()
         self.notifier.notify("READY=1\nSTATUS=" + self.status_line())
         self.log.info("ready", jobs=sorted(self.jobs), state_dir=str(self.layout.state_dir))
         watchdog = self._start_watchdog()
@@ -141,6 +144,7 @@ class Supervisor:
         reloader.cancel()
         await self._drain()
         flusher.cancel()
+        await control.stop()
         self.mirror.close()
         if watchdog is not None:
             watchdog.cancel()
@@ -384,6 +388,51 @@ class Supervisor:
             return False
         self._spawn(name, job.config.prompt_text, trigger)
         return True
+
+    # --- the control socket ------------------------------------------------------------
+
+    def status_snapshot(self) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        jobs = []
+        for name, job in sorted(self.jobs.items()):
+            if job.retired:
+                continue
+            last = job.runner.last
+            due = self._scheduler.next_due(name)
+            jobs.append(
+                {
+                    "name": name,
+                    "running": job.runner.busy,
+                    "next_beat": due.astimezone(UTC).isoformat() if due else None,
+                    "last_turn": last.turn if last else None,
+                    "last_outcome": last.outcome if last else None,
+                    "last_reason": last.reason if last else None,
+                    "spend_today_usd": round(job.ledger.spend.spent_today(now, job.config.zone), 6),
+                    "session_id": job.runner.conversation.state.session_id,
+                    "client_connected": job.runner.agent.connected,
+                    "cli_pid": job.runner.agent.cli_pid(),
+                }
+            )
+        return {
+            "pid": os.getpid(),
+            "status": self.status_line(),
+            "state_dir": str(self.layout.state_dir),
+            "live_clients": sum(1 for j in jobs if j["client_connected"]),
+            "degraded": self.degraded,
+            "jobs": jobs,
+        }
+
+    def request_beat(self, name: str) -> tuple[bool, str]:
+        job = self.jobs.get(name)
+        if job is None or job.retired:
+            return False, f"no job named {name!r} (jobs: {', '.join(sorted(self.jobs))})"
+        if self.draining:
+            return False, "the daemon is stopping"
+        if job.runner.busy:
+            return False, f"a turn of {name!r} is running; one turn at a time per conversation"
+        if not self.trigger_beat(name):
+            return False, f"the beat of {name!r} was skipped; `vigil history {name}` says why"
+        return True, ""
 
     def trigger_beat(self, name: str, trigger: Trigger = "manual") -> bool:
         """Run a beat now (active hours do not apply to manual beats)."""
