@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon.config import Config, UnknownJobError, default_config_path, load_config
+from daemon.config import Config, default_config_path, load_config
 from daemon.control import SOCKET_NAME, DaemonNotRunning, call
-from daemon.conversation import conversation_names, journal_path
+from daemon.conversation import conversation_names
 from daemon.errors import VigilError
 from daemon.events import Event
 from daemon.framing import FrameError, decode_payload, open_line
+from daemon.history import existing_journal
 from daemon.journal import scan
 from daemon.keyring import Keyring, resolve_key_path
 from daemon.layout import Layout
@@ -96,9 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "beat":
         return cmd_beat(layout, args.name, as_json=args.json)
     keyring = Keyring.load(resolve_key_path(config.daemon.key_file))
-    return cmd_tail(
-        config, layout, keyring, args.name, args.lines, follow=args.follow, as_json=args.json
-    )
+    return cmd_tail(config, keyring, args.name, args.lines, follow=args.follow, as_json=args.json)
 
 
 def _call(layout: Layout, request: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +150,6 @@ def cmd_beat(layout: Layout, name: str, *, as_json: bool) -> int:
 
 def cmd_tail(
     config: Config,
-    layout: Layout,
     keyring: Keyring,
     name: str,
     lines: int,
@@ -159,12 +157,7 @@ def cmd_tail(
     follow: bool,
     as_json: bool,
 ) -> int:
-    path = journal_path(layout.conversations, name)
-    if not path.exists():
-        known = sorted(
-            set(conversation_names(layout.conversations)) | {j.name for j in config.heartbeats}
-        )
-        raise UnknownJobError(name, known)
+    path = existing_journal(config, name)
     events: list[tuple[int, Event]] = []
     result = scan(
         path, name, keyring, lambda fr: events.append((fr.seq, decode_payload(fr.payload)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from daemon.config import Config, UnknownJobError
 from daemon.conversation import conversation_names, journal_path
 from daemon.heal import TurnView, fold
@@ -10,7 +12,8 @@ from daemon.keyring import Keyring
 from daemon.layout import Layout
 
 
-def load_history(config: Config, keyring: Keyring, name: str) -> list[TurnView]:
+def existing_journal(config: Config, name: str) -> Path:
+    """The journal of conversation ``name``; ``UnknownJobError`` listing the known ones."""
     layout = Layout(config.daemon.state_dir, config.daemon.runtime_dir)
     path = journal_path(layout.conversations, name)
     if not path.exists():
@@ -18,7 +21,11 @@ def load_history(config: Config, keyring: Keyring, name: str) -> list[TurnView]:
             set(conversation_names(layout.conversations)) | {j.name for j in config.heartbeats}
         )
         raise UnknownJobError(name, known)
-    return fold(read_events(path, name, keyring)).turns
+    return path
+
+
+def load_history(config: Config, keyring: Keyring, name: str) -> list[TurnView]:
+    return fold(read_events(existing_journal(config, name), name, keyring)).turns
 
 
 def render_history(name: str, turns: list[TurnView]) -> str:
