@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -83,6 +85,7 @@ class TurnOutcome:
 
 
 Emit = Callable[[Event], object]
+DISCONNECT_S = 20.0  # longer than the SDK's own bounded close
 
 
 def translate(message: object, turn: int) -> list[Event]:
@@ -134,17 +137,29 @@ class AgentSession:
         self._client: ClaudeSDKClient | None = None
         self._stderr: deque[str] = deque(maxlen=20)
         self.session_id: str | None = None
+        self._closing = 0
 
     @property
     def connected(self) -> bool:
         return self._client is not None
 
+    @property
+    def holds_process(self) -> bool:
+        """Connected, or disconnecting and its CLI process has not exited yet."""
+        return self._client is not None or self._closing > 0
+
     def cli_pid(self) -> int | None:
         """PID of the CLI subprocess, when connected (for operators and tests)."""
-        transport = getattr(self._client, "_transport", None)
-        process = getattr(transport, "_process", None)
-        pid = getattr(process, "pid", None)
+        pid = getattr(self._process(), "pid", None)
         return pid if isinstance(pid, int) else None
+
+    def cli_exit_code(self) -> int | None:
+        """The CLI's exit status if it died while connected (asyncio reaps it), else None."""
+        code = getattr(self._process(), "returncode", None)
+        return code if isinstance(code, int) else None
+
+    def _process(self) -> object:
+        return _process_of(self._client)
 
     async def connect(self, plan: ConnectPlan) -> None:
         options = self._options(plan)
@@ -200,10 +215,24 @@ class AgentSession:
                 await asyncio.wait_for(self._client.interrupt(), timeout=5)
 
     async def disconnect(self) -> None:
+        """Close the client and make sure its CLI process is gone (never leaked).
+
+        The SDK bounds its own close (stdin EOF, then SIGTERM, then SIGKILL; about 15 s
+        at worst) and needs it to run to the end: cancelling it half way leaves the
+        process running. So it runs shielded; if it fails or we are cancelled, the
+        process is killed by its PID before we return.
+        """
         client, self._client = self._client, None
-        if client is not None:
+        if client is None:
+            return
+        process = _process_of(client)
+        self._closing += 1
+        try:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), timeout=10)
+                await asyncio.wait_for(asyncio.shield(client.disconnect()), DISCONNECT_S)
+        finally:
+            self._closing -= 1
+            _kill_if_running(process)
 
     def _options(self, plan: ConnectPlan) -> ClaudeAgentOptions:
         spec = self.spec
@@ -240,6 +269,19 @@ class AgentSession:
     def _with_stderr(self, text: str) -> str:
         tail = " | ".join(line.strip() for line in self._stderr if line.strip())
         return f"{text} (CLI stderr: {tail[-600:]})" if tail else text
+
+
+def _process_of(client: ClaudeSDKClient | None) -> object:
+    """The CLI subprocess behind a client (the SDK keeps it on its transport)."""
+    transport = getattr(client, "_transport", None)
+    return getattr(transport, "_process", None)
+
+
+def _kill_if_running(process: object) -> None:
+    pid = getattr(process, "pid", None)
+    if isinstance(pid, int) and getattr(process, "returncode", 0) is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # asyncio's child watcher reaps it
 
 
 async def _prompt_stream(prompt: str, prompt_uuid: str) -> AsyncIterator[dict[str, Any]]:

@@ -84,8 +84,18 @@ class BeatRunner:
         self.last = BeatResult(turn, "skipped", reason, detail)
         return self.last
 
-    async def beat(self, prompt: str, trigger: Trigger) -> BeatResult:
-        """Run one turn. Callers must check :attr:`busy` first (one turn at a time)."""
+    async def beat(
+        self,
+        prompt: str,
+        trigger: Trigger,
+        *,
+        due_at: str | None = None,
+        waited_s: float | None = None,
+    ) -> BeatResult:
+        """Run one turn. Callers must check :attr:`busy` first (one turn at a time).
+
+        ``due_at`` and ``waited_s`` (the wait for a turn slot) are journaled with the
+        turn's start, so the delay from due to first delta can be read back."""
         conv = self.conversation
         if conv.busy:
             return self.skip("previous_turn_running", "a beat came due while a turn was running")
@@ -95,7 +105,14 @@ class BeatRunner:
         try:
             conv.record(
                 {
-                    **ev.turn_started(turn, prompt, job=self.job, trigger=trigger),
+                    **ev.turn_started(
+                        turn,
+                        prompt,
+                        job=self.job,
+                        trigger=trigger,
+                        due_at=due_at,
+                        waited_s=waited_s,
+                    ),
                     "prompt_uuid": prompt_uuid,
                 }
             )
@@ -155,7 +172,13 @@ class BeatRunner:
 
     async def _ensure_connected(self) -> None:
         if self.agent.connected:
-            return
+            exit_code = self.agent.cli_exit_code()
+            if exit_code is None:
+                return
+            # The CLI died between beats (OOM killer, an operator's kill): let the
+            # client go (the process is already reaped) and resume in a new one.
+            self.conversation.log.warning("cli_exited_between_beats", exit_code=exit_code)
+            await self.agent.disconnect()
         conv = self.conversation
         session_id = conv.state.session_id
         if session_id is None or (self.resume_point and self.resume_point.fresh_session):

@@ -422,6 +422,13 @@ class DaemonConfig(BaseModel):
     drain_grace: Duration = timedelta(seconds=30)
     model_max_retries: Annotated[int, Field(ge=0)] = 1
     mirror_path: ConfigPath | None = None
+    # The client pool: each connected client is a CLI process of about 250 MB. Eight
+    # live clients (~2 GB) and four turns at once suit a 2-core, 24 GB machine.
+    max_live_clients: Annotated[int, Field(ge=1)] = 8
+    max_concurrent_turns: Annotated[int, Field(ge=1)] = 4
+    client_idle_timeout: Annotated[
+        Duration, _at_least(timedelta(seconds=1), "a client needs at least 1s to be useful")
+    ] = timedelta(minutes=5)
 
     @property
     def mirror_file(self) -> Path:
@@ -440,6 +447,12 @@ class DaemonConfig(BaseModel):
                 f"must not be inside runtime_dir {self.runtime_dir}, which is wiped at "
                 "reboot; journals would be lost",
                 loc=("state_dir",),
+            )
+        if self.max_concurrent_turns > self.max_live_clients:
+            raise _fail(
+                f"{self.max_concurrent_turns} is more than max_live_clients "
+                f"({self.max_live_clients}): every running turn needs a live client",
+                loc=("max_concurrent_turns",),
             )
         return self
 

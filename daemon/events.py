@@ -56,9 +56,22 @@ def session_bound(
 
 
 def turn_started(
-    turn: int, prompt: str, *, job: str, trigger: Trigger, at: str | None = None
+    turn: int,
+    prompt: str,
+    *,
+    job: str,
+    trigger: Trigger,
+    due_at: str | None = None,
+    waited_s: float | None = None,
+    at: str | None = None,
 ) -> Event:
-    return _event("turn_started", at, turn=turn, prompt=prompt, job=job, trigger=trigger)
+    """``due_at``: when the beat came due; ``waited_s``: time spent waiting for a turn slot."""
+    extra: dict[str, Any] = {}
+    if due_at is not None:
+        extra["due_at"] = due_at
+    if waited_s is not None:
+        extra["waited_s"] = waited_s
+    return _event("turn_started", at, turn=turn, prompt=prompt, job=job, trigger=trigger, **extra)
 
 
 def delta(turn: int, text: str, *, at: str | None = None) -> Event:

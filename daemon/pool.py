@@ -11,6 +11,8 @@ conversation" cannot mean "one process per conversation forever". Contract:
 * :meth:`reap_idle` disconnects clients idle for longer than ``idle_timeout``; the next
   beat reconnects with ``resume``.
 * Disconnects happen outside any turn, so no journal record is ever cut short by them.
+* A client counts against ``max_live`` until its process has exited (``holds_process``),
+  not only while connected: a client being closed still holds its ~250 MB.
 """
 
 from __future__ import annotations
@@ -22,10 +24,15 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol
 
+CLOSING_POLL_S = 0.05
+
 
 class PooledClient(Protocol):
     @property
     def connected(self) -> bool: ...
+
+    @property
+    def holds_process(self) -> bool: ...  # connected, or closed but not yet exited
 
     async def disconnect(self) -> None: ...
 
@@ -65,7 +72,7 @@ class ClientPool:
 
     @property
     def live(self) -> int:
-        return sum(1 for c in self._members.values() if c.connected)
+        return sum(1 for c in self._members.values() if c.holds_process)
 
     @property
     def busy(self) -> int:
@@ -102,13 +109,24 @@ class ClientPool:
                 ),
                 None,
             )
-            if victim is None:
+            if victim is not None:
+                self.evictions += 1
+                await self._members[victim].disconnect()
+            elif any(
+                c.holds_process and not c.connected
+                for k, c in self._members.items()
+                if k != exclude
+            ):
+                await asyncio.sleep(CLOSING_POLL_S)  # one is on its way out; wait for it
+            else:
                 return  # every live client is busy; cannot happen while max_turns <= max_live
-            self.evictions += 1
-            await self._members[victim].disconnect()
 
     def _live_excluding(self, key: str) -> int:
-        return sum(1 for k, c in self._members.items() if k != key and c.connected)
+        """Clients holding a process, plus leased ones about to connect (a reservation:
+        two leases making room at once must not both see the same free place)."""
+        return sum(
+            1 for k, c in self._members.items() if k != key and (c.holds_process or k in self._busy)
+        )
 
     async def reap_idle(self) -> list[str]:
         """Disconnect clients idle longer than ``idle_timeout``; returns their keys."""

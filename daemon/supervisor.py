@@ -49,6 +49,7 @@ from daemon.lock import StateLock
 from daemon.logs import get_logger
 from daemon.mirror import Mirror
 from daemon.notify import Notifier, run_watchdog, watchdog_interval
+from daemon.pool import ClientPool, LeaseTimeout
 from daemon.reload import daemon_changes, diff_jobs, reload_problems
 from daemon.scheduler import BeatScheduler
 from daemon.store import JournalSessionStore
@@ -95,6 +96,13 @@ class Supervisor:
         self._lock = StateLock(self.layout.state_dir)
         self._scheduler = BeatScheduler(self._on_due)
         self._spec_env: dict[str, str] = {}
+        daemon_cfg = config.daemon
+        self.pool = ClientPool(
+            max_live=daemon_cfg.max_live_clients,
+            max_turns=daemon_cfg.max_concurrent_turns,
+            idle_timeout=daemon_cfg.client_idle_timeout.total_seconds(),
+        )
+        self._waiting: dict[str, asyncio.Task[None]] = {}  # beats waiting for a turn slot
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -140,8 +148,10 @@ class Supervisor:
             self._due(name, "catch_up")
         reloader = asyncio.create_task(self._reload_loop(), name="reload")
         flusher = asyncio.create_task(self._flush_mirror_loop(), name="mirror")
+        reaper = asyncio.create_task(self._reap_loop(), name="reaper")
         await self.stop_requested.wait()
         reloader.cancel()
+        reaper.cancel()
         await self._drain()
         flusher.cancel()
         await control.stop()
@@ -347,6 +357,22 @@ class Supervisor:
                     fix="the journals are intact; `vigil rebuild` or a restart rebuilds it",
                 )
 
+    async def _reap_loop(self) -> None:
+        """Let go of clients whose CLI died, and of clients idle past the timeout."""
+        every = min(max(self.pool.idle_timeout / 4, 0.25), 30.0)
+        while True:
+            await asyncio.sleep(every)
+            for job in list(self.jobs.values()):
+                agent = job.runner.agent
+                if job.runner.busy or job.name in self._waiting:
+                    continue
+                exit_code = agent.cli_exit_code() if agent.connected else None
+                if exit_code is not None:
+                    self.log.warning("client_lost", job=job.name, exit_code=exit_code)
+                    await agent.disconnect()
+            for name in await self.pool.reap_idle():
+                self.log.info("client_idle_disconnected", job=name, idle_s=self.pool.idle_timeout)
+
     def _start_watchdog(self) -> asyncio.Task[None] | None:
         interval = watchdog_interval(self.environ)
         if interval is None:
@@ -367,8 +393,9 @@ class Supervisor:
         if job is None or job.retired or self.draining:
             return False
         try:
-            if job.runner.busy:
-                job.runner.skip("previous_turn_running", "the previous turn was still running")
+            blocked = self._blocked(job)
+            if blocked is not None:
+                job.runner.skip(*blocked)
                 return False
             now = datetime.now(UTC)
             skip = check_beat(
@@ -388,6 +415,17 @@ class Supervisor:
             return False
         self._spawn(name, job.config.prompt_text, trigger)
         return True
+
+    def _blocked(self, job: Job) -> tuple[str, str] | None:
+        """Why a new beat of ``job`` cannot start now: one beat at a time per job."""
+        if job.runner.busy:
+            return "previous_turn_running", "the previous turn was still running"
+        if job.name in self._waiting:
+            return (
+                "previous_beat_waiting",
+                "the previous beat was still waiting for a free turn slot",
+            )
+        return None
 
     # --- the control socket ------------------------------------------------------------
 
@@ -418,6 +456,14 @@ class Supervisor:
             "status": self.status_line(),
             "state_dir": str(self.layout.state_dir),
             "live_clients": sum(1 for j in jobs if j["client_connected"]),
+            "pool": {
+                "max_live_clients": self.pool.max_live,
+                "max_concurrent_turns": self.pool.max_turns,
+                "client_idle_timeout_s": self.pool.idle_timeout,
+                "turns_running": self.pool.busy,
+                "beats_waiting": len(self._waiting),
+                "evictions": self.pool.evictions,
+            },
             "degraded": self.degraded,
             "jobs": jobs,
         }
@@ -430,6 +476,8 @@ class Supervisor:
             return False, "the daemon is stopping"
         if job.runner.busy:
             return False, f"a turn of {name!r} is running; one turn at a time per conversation"
+        if name in self._waiting:
+            return False, f"a beat of {name!r} is waiting for a free turn slot"
         if not self.trigger_beat(name):
             return False, f"the beat of {name!r} was skipped; `vigil history {name}` says why"
         return True, ""
@@ -440,17 +488,20 @@ class Supervisor:
 
     def _spawn(self, name: str, prompt: str, trigger: Trigger) -> None:
         job = self.jobs[name]
-        task = asyncio.create_task(self._beat(job, prompt, trigger), name=f"beat:{name}")
+        task = asyncio.create_task(
+            self._beat(job, prompt, trigger, datetime.now(UTC)), name=f"beat:{name}"
+        )
         self.tasks.add(task)
         job.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         task.add_done_callback(job.tasks.discard)
+        self._waiting[name] = task  # until it holds a turn slot
 
-    async def _beat(self, job: Job, prompt: str, trigger: Trigger) -> None:
+    async def _beat(self, job: Job, prompt: str, trigger: Trigger, due: datetime) -> None:
         runner = job.runner
         try:
             try:
-                result = await runner.beat(prompt, trigger)
+                result = await self._leased_beat(job, prompt, trigger, due)
             except JournalFatalError as exc:
                 self._die(exc)
                 await runner.agent.disconnect()
@@ -462,6 +513,8 @@ class Supervisor:
             if self.degraded is not None:
                 self.degraded = None
             self._report(job.name, result)
+            if result.outcome == "skipped":
+                return
             if job.reconnect_after_turn:
                 job.reconnect_after_turn = False
                 await runner.agent.disconnect()
@@ -471,6 +524,52 @@ class Supervisor:
         finally:
             if job.retired and job.tasks <= {asyncio.current_task()}:
                 await self._close_job(job)
+
+    async def _leased_beat(
+        self, job: Job, prompt: str, trigger: Trigger, due: datetime
+    ) -> BeatResult:
+        """Wait (up to the beat's window) for a turn slot and a live client, then run.
+
+        The window closes shortly before the job's next beat is due (``turn_timeout``
+        when none is scheduled): a beat that waited past it is journaled as skipped.
+        """
+        runner = job.runner
+        task = self._waiting.get(job.name)
+        try:
+            async with self.pool.lease(
+                job.name, runner.agent, wait_s=self._wait_window(job, due)
+            ) as waited:
+                del self._waiting[job.name]
+                if self.draining:
+                    return runner.skip("daemon_stopping", "the daemon is stopping")
+                return await runner.beat(
+                    prompt,
+                    trigger,
+                    due_at=due.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                    waited_s=round(waited, 3) if waited >= 0.001 else None,
+                )
+        except LeaseTimeout as exc:
+            return runner.skip(
+                "no_capacity",
+                str(exc),
+                waited_s=round(exc.waited_s, 3),
+                max_concurrent_turns=self.pool.max_turns,
+            )
+        except asyncio.CancelledError:
+            if self._waiting.get(job.name) is task:
+                runner.skip("daemon_stopping", "the daemon stopped while the beat waited")
+            raise
+        finally:
+            if self._waiting.get(job.name) is task:
+                del self._waiting[job.name]
+
+    def _wait_window(self, job: Job, due: datetime) -> float:
+        nxt = self._scheduler.next_due(job.name)
+        if nxt is None:
+            return job.runner.turn_timeout.total_seconds()
+        left = (nxt - due).total_seconds()
+        # Give up a little before the next beat comes due, so that one finds us gone.
+        return max(left - min(1.0, left / 10), 0.0)
 
     async def _deliver(self, job: Job, result: BeatResult) -> None:
         reply = Reply(
@@ -520,6 +619,9 @@ class Supervisor:
         live = [j for j in self.jobs.values() if not j.retired]
         running = sum(1 for j in live if j.runner.busy)
         parts = [f"{len(live)} jobs", f"{running} running"]
+        if self._waiting:
+            parts.append(f"{len(self._waiting)} waiting")
+        parts.append(f"{self.pool.live}/{self.pool.max_live} clients")
         lasts = [j.runner.last for j in live if j.runner.last is not None]
         if lasts:
             failed = sum(1 for r in lasts if r is not None and r.outcome == "failed")
@@ -638,6 +740,7 @@ class Supervisor:
         if not job.retired or self.jobs.get(job.name) is not job:
             return
         del self.jobs[job.name]
+        self.pool.forget(job.name)
         await job.runner.agent.disconnect()
         job.runner.conversation.close()
         self.log.info("job_removed", job=job.name)
@@ -660,6 +763,8 @@ class Supervisor:
         self.draining = True
         self.notifier.notify("STOPPING=1\nSTATUS=" + self.status_line())
         self._scheduler.shutdown()
+        for waiting in list(self._waiting.values()):
+            waiting.cancel()  # no new turn starts while draining
         running = [t for t in self.tasks if not t.done()]
         grace = self.config.daemon.drain_grace.total_seconds()
         if running and self.fatal is None:

@@ -14,6 +14,10 @@ class FakeClient:
         self.connected = False
         self.disconnects = 0
 
+    @property
+    def holds_process(self) -> bool:
+        return self.connected
+
     def connect(self) -> None:
         self.connected = True
 
@@ -96,3 +100,62 @@ def test_idle_clients_are_reaped_after_the_timeout_only() -> None:
 def test_more_turn_slots_than_clients_is_refused() -> None:
     with pytest.raises(ValueError, match="cannot exceed"):
         ClientPool(max_live=2, max_turns=3, idle_timeout=1)
+
+
+class SlowClosingClient(FakeClient):
+    """Its process takes a while to exit after disconnect begins."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exiting = False
+
+    @property
+    def holds_process(self) -> bool:
+        return self.connected or self.exiting
+
+    async def disconnect(self) -> None:
+        self.connected = False
+        self.exiting = True
+        await asyncio.sleep(0.2)
+        self.exiting = False
+        self.disconnects += 1
+
+
+def test_a_client_still_closing_counts_until_its_process_exits() -> None:
+    async def scenario() -> None:
+        pool = ClientPool(max_live=1, max_turns=1, idle_timeout=0)
+        a, b = SlowClosingClient(), SlowClosingClient()
+        async with pool.lease("a", a, wait_s=1):
+            a.connect()
+        reaping = asyncio.create_task(pool.reap_idle())  # a starts closing, slowly
+        await asyncio.sleep(0.05)
+        assert a.holds_process and not a.connected
+        async with pool.lease("b", b, wait_s=1):
+            assert not a.holds_process  # b's connect waited for a's process to exit
+            b.connect()
+            assert pool.live == 1
+        await reaping
+
+    asyncio.run(scenario())
+
+
+def test_two_leases_making_room_at_once_do_not_overfill_the_pool() -> None:
+    async def scenario() -> None:
+        pool = ClientPool(max_live=2, max_turns=2, idle_timeout=60)
+        a, b, c, d = FakeClient(), FakeClient(), FakeClient(), FakeClient()
+        for key, client in (("a", a), ("b", b)):
+            async with pool.lease(key, client, wait_s=1):
+                client.connect()
+        both_in = asyncio.Barrier(2)
+
+        async def turn(key: str, client: FakeClient) -> None:
+            async with pool.lease(key, client, wait_s=1):
+                await both_in.wait()  # both have made room before either connects
+                await asyncio.sleep(0.01)  # connecting takes a while
+                client.connect()
+
+        await asyncio.gather(turn("c", c), turn("d", d))
+        assert (a.connected, b.connected, c.connected, d.connected) == (False, False, True, True)
+        assert pool.live == 2 and pool.evictions == 2
+
+    asyncio.run(scenario())
