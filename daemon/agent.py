@@ -24,11 +24,14 @@ from claude_agent_sdk import (
     ClaudeSDKClient,
     ClaudeSDKError,
     ResultMessage,
+    SessionKey,
     StreamEvent,
     TextBlock,
     ToolResultBlock,
     ToolUseBlock,
     UserMessage,
+    fork_session_via_store,
+    project_key_for_directory,
 )
 
 from daemon import events as ev
@@ -86,6 +89,44 @@ class TurnOutcome:
 
 Emit = Callable[[Event], object]
 DISCONNECT_S = 20.0  # longer than the SDK's own bounded close
+
+
+class TranscriptForkError(Exception):
+    """The SDK could not fork a session's transcript (session or entry not stored)."""
+
+
+@dataclass(frozen=True)
+class ForkedTranscript:
+    session_id: str  # the new SDK session
+    resume_at: str  # the new uuid of the entry the source was cut at (its last entry)
+
+
+async def fork_transcript(
+    store: JournalSessionStore, session_id: str, cwd: Path | str, up_to: str
+) -> ForkedTranscript:
+    """Copy session ``session_id``'s transcript up to entry ``up_to`` (inclusive) into a
+    new session in ``store``, offline: the SDK's ``fork_session_via_store`` gives every
+    entry a new uuid and the new ``sessionId``, keeps the ``parentUuid`` chain and
+    stamps ``forkedFrom``; no CLI runs. The source is only read.
+    """
+    try:
+        result = await fork_session_via_store(
+            store, session_id, directory=str(cwd), up_to_message_id=up_to
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise TranscriptForkError(str(exc)) from exc
+    key: SessionKey = {"project_key": project_key(cwd), "session_id": result.session_id}
+    for entry in await store.load(key) or []:
+        origin = entry.get("forkedFrom")
+        if isinstance(origin, dict) and origin.get("messageUuid") == up_to:
+            return ForkedTranscript(result.session_id, str(entry["uuid"]))
+    await store.delete(key)
+    raise TranscriptForkError(f"the fork of session {session_id} lost its entry {up_to}")
+
+
+def project_key(cwd: Path | str) -> str:
+    """The SDK's ``SessionStore`` project key for a working directory (as the CLI's)."""
+    return project_key_for_directory(str(cwd))
 
 
 def translate(message: object, turn: int) -> list[Event]:

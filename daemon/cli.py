@@ -11,12 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from daemon import cli_live, cli_mirror
-from daemon.config import Config, default_config_path, load_config
+from daemon.cli_mirror import check_owner
+from daemon.config import JOB_NAME_PATTERN, Config, default_config_path, load_config
 from daemon.demo import run_demo
 from daemon.devmodel import run_forever
 from daemon.errors import VigilError
-from daemon.history import load_history, render_history
+from daemon.fork import fork_conversation
+from daemon.history import existing_journal, load_conversation, render_history
+from daemon.journal import FsyncPolicy
 from daemon.keyring import Keyring, generate_key_file, resolve_key_path, rotate_key_file
+from daemon.layout import Layout
 from daemon.logs import configure_logging
 from daemon.notify import SystemdNotifier
 from daemon.supervisor import Supervisor
@@ -34,6 +38,8 @@ exit codes:
   8  verify found a damaged journal record or a mirror that differs from the journals
   9  no daemon is running (status, beat)
  10  the daemon refused the beat (a turn of that conversation is running, or it was skipped)
+ 11  fork refused: NEW_NAME already has a journal (or is a job with another cwd), TURN is
+     not a completed turn of NAME, or NAME has no completed turn
 """
 
 
@@ -79,6 +85,32 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--config", type=Path, default=None, help=config_help)
     history.add_argument("--json", action="store_true", help="a JSON array, for scripts")
 
+    fork = sub.add_parser(
+        "fork",
+        help="branch a new conversation off an existing one, at a completed turn",
+        description="Copies NAME's history up to the end of TURN (default: its last completed\n"
+        "turn) into a new conversation NEW_NAME with its own session, offline: no model call,\n"
+        "safe while the daemon runs; NAME's journal and transcript are only read. NEW_NAME's\n"
+        "journal starts with a `forked` record. Add a [[heartbeat]] named NEW_NAME with NAME's\n"
+        "cwd and reload: its next beat continues the fork, as turn TURN + 1.\n"
+        "Exit 2 for an unknown NAME, 11 when the fork is refused (nothing is written).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fork.add_argument("name", metavar="NAME", help="the conversation to branch off (never changed)")
+    fork.add_argument(
+        "new_name", metavar="NEW_NAME", type=_new_name, help="the new conversation (job) name"
+    )
+    fork.add_argument(
+        "--at",
+        type=_turn_number,
+        default=None,
+        metavar="TURN",
+        help="cut after this completed turn of NAME (default: its last completed turn)",
+    )
+    fork.add_argument("--config", type=Path, default=None, help=config_help)
+    fork.add_argument("--json", action="store_true", help="the new conversation as JSON")
+
     key = sub.add_parser("key", help="create or rotate the journal key file")
     key_sub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
     gen = key_sub.add_parser("generate", help="create a new key file (mode 0600)")
@@ -104,6 +136,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _new_name(value: str) -> str:
+    if not JOB_NAME_PATTERN.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"bad job name {value!r}: use 1 to 64 letters, digits, '_' or '-'"
+        )
+    return value
+
+
+def _turn_number(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"bad turn {value!r}: a turn number, 1 or more")
+    return number
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -124,6 +174,8 @@ def dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911  # one return pe
         return cmd_run(args.config)
     if command == "history":
         return cmd_history(args.config, args.name, as_json=args.json)
+    if command == "fork":
+        return cmd_fork(args.config, args.name, args.new_name, args.at, as_json=args.json)
     if cli_mirror.handles(args):
         return cli_mirror.run(args)
     if cli_live.handles(args):
@@ -154,12 +206,50 @@ def cmd_run(config_path: Path | None) -> int:
 
 def cmd_history(config_path: Path | None, name: str, *, as_json: bool) -> int:
     config, keyring = _load(config_path)
-    turns = load_history(config, keyring, name)
+    view = load_conversation(config, keyring, name)
     if as_json:
-        json.dump([t.as_json() for t in turns], sys.stdout, indent=2, ensure_ascii=False)
+        json.dump([t.as_json() for t in view.turns], sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(render_history(name, turns))
+        sys.stdout.write(render_history(name, view.turns, view.forked_from))
+    return 0
+
+
+def cmd_fork(
+    config_path: Path | None, name: str, new_name: str, at: int | None, *, as_json: bool
+) -> int:
+    config, keyring = _load(config_path)
+    existing_journal(config, name)  # an unknown NAME: UnknownJobError, listing the known
+    layout = Layout(config.daemon.state_dir, config.daemon.runtime_dir)
+    check_owner(layout.state_dir)
+    configured = next((str(j.cwd) for j in config.heartbeats if j.name == new_name), None)
+    result, warning = asyncio.run(
+        fork_conversation(
+            layout,
+            keyring,
+            name,
+            new_name,
+            at,
+            fsync=FsyncPolicy(config.daemon.fsync),
+            configured_cwd=configured,
+            mirror_path=config.daemon.mirror_file,
+        )
+    )
+    if warning is not None:
+        print(f"vigil: warning: {warning}", file=sys.stderr)
+    if as_json:
+        print(json.dumps(result.as_json(), indent=2))
+        return 0
+    then = (
+        f"its job's next beat continues it as turn {result.next_turn}"
+        if configured is not None
+        else f'add a [[heartbeat]] named "{new_name}" with cwd = "{result.point.cwd}" and '
+        "reload vigil to run it"
+    )
+    print(
+        f"forked {name} at turn {result.point.turn} into {new_name} "
+        f"(session {result.session_id}); {then}"
+    )
     return 0
 
 

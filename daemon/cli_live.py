@@ -229,6 +229,11 @@ def _print_event(seq: int, event: Event, *, as_json: bool) -> None:
         detail = f"cost so far ${event.get('session_cost_usd') or 0:.4f}"
     elif kind == "session_bound":
         detail = f"session {event.get('session_id')} ({event.get('mode')})"
+    elif kind == "forked":
+        detail = (
+            f"from {event.get('source')} at turn {event.get('source_turn')} "
+            f"(session {event.get('source_session_id')} -> {event.get('session_id')})"
+        )
     print(f"{head} {kind} {detail}".rstrip())
 
 

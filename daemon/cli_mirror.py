@@ -170,7 +170,7 @@ def _keyring(config: Config) -> Keyring:
 def cmd_rebuild(config: Config, name: str | None, workers: int | None, *, as_json: bool) -> int:
     keyring = _keyring(config)
     path = config.daemon.mirror_file
-    _check_owner(path if path.exists() else config.daemon.runtime_dir)
+    check_owner(path if path.exists() else config.daemon.runtime_dir)
     directory = _layout(config).conversations
     if workers is None:
         size = sum(p.stat().st_size for p in directory.glob("*.jsonl"))
@@ -315,17 +315,18 @@ def cmd_sessions(config: Config, *, as_json: bool) -> int:
     elif sys.stdout.isatty():
         _sessions_table(rows)
     else:
-        print("name\tturns\tlast_status\tlast_activity\tspend_today_usd\tsession_id")
+        print("name\tturns\tlast_status\tlast_activity\tspend_today_usd\tsession_id\tforked_from")
         for r in rows:
             print(
                 f"{r.name}\t{r.turns}\t{r.last_status or '-'}\t{r.last_activity or '-'}\t"
-                f"{r.spend_today_usd:.4f}\t{r.session_id or '-'}"
+                f"{r.spend_today_usd:.4f}\t{r.session_id or '-'}\t{r.origin or '-'}"
             )
     return 0
 
 
 def _sessions_table(rows: list[ConversationSummary]) -> None:
-    table = Table("name", "turns", "last status", "last activity (UTC)", "spend today", "session")
+    columns = ("name", "turns", "last status", "last activity (UTC)", "spend today", "session")
+    table = Table(*columns, "forked from")
     for r in rows:
         table.add_row(
             r.name,
@@ -334,6 +335,7 @@ def _sessions_table(rows: list[ConversationSummary]) -> None:
             _when(r.last_activity),
             f"${r.spend_today_usd:.4f}",
             r.session_id or "-",
+            r.origin or "-",
         )
     Console().print(table if rows else "no conversations yet")
 
@@ -375,7 +377,7 @@ def cmd_export(config: Config, name: str, out: TextIO | None = None) -> int:
 def cmd_reencrypt(key_path: Path, config_path: Path | None, *, as_json: bool) -> int:
     config = load_config(config_path or default_config_path())
     layout = _layout(config)
-    _check_owner(layout.state_dir)
+    check_owner(layout.state_dir)
     console = Console(stderr=True)
     show = not as_json and sys.stderr.isatty()
 
@@ -407,7 +409,7 @@ def _when(stamp: str | None) -> str:
     return stamp[:19].replace("T", " ") if stamp else "-"
 
 
-def _check_owner(path: Path) -> None:
+def check_owner(path: Path) -> None:
     try:
         owner = path.stat().st_uid
     except FileNotFoundError:

@@ -50,6 +50,13 @@ class ConversationState:
         if kind == "session_bound":
             self.session_id = event.get("session_id")
             self.cwd = event.get("cwd")
+        elif kind == "forked":  # the first record of a fork: its session, cut at a turn
+            self.session_id = event.get("session_id")
+            self.cwd = event.get("cwd")
+            self.resume_at = event.get("resume_at")
+            source_turn = event.get("source_turn")
+            if isinstance(source_turn, int):
+                self.next_turn = max(self.next_turn, source_turn + 1)
         elif kind == "turn_started" and isinstance(turn, int):
             self.open_turn = OpenTurn(
                 turn,

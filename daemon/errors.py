@@ -122,3 +122,13 @@ class StateLockedError(VigilError):
             f"another vigil is already running on this state directory "
             f"(lock {lock_path} held{(' by ' + holder) if holder else ''})"
         )
+
+
+class ForkRefusedError(VigilError):
+    """``vigil fork`` cannot branch that conversation there; nothing was written."""
+
+    exit_code = 11
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"fork refused: {problem}; nothing was written")

@@ -14,6 +14,7 @@ from typing import Any, Literal
 EVENT_SCHEMA = 1
 
 EventType = Literal[
+    "forked",
     "session_bound",
     "turn_started",
     "delta",
@@ -53,6 +54,38 @@ def session_bound(
     session_id: str, cwd: str, *, mode: Literal["new", "resume"], at: str | None = None
 ) -> Event:
     return _event("session_bound", at, session_id=session_id, cwd=cwd, mode=mode)
+
+
+def forked(
+    *,
+    source: str,
+    source_session_id: str,
+    source_turn: int,
+    source_resume_at: str,
+    session_id: str,
+    resume_at: str,
+    cwd: str,
+    at: str | None = None,
+) -> Event:
+    """The first record of a conversation branched off ``source`` (``vigil fork``).
+
+    The new conversation holds the source's history up to the end of ``source_turn``
+    (the transcript entry ``source_resume_at`` of session ``source_session_id``),
+    copied into its own SDK session ``session_id``, whose last entry is ``resume_at``.
+    Its own turns are numbered on from ``source_turn + 1``. No ``turn`` field: it
+    belongs to no turn of this conversation.
+    """
+    return _event(
+        "forked",
+        at,
+        source=source,
+        source_session_id=source_session_id,
+        source_turn=source_turn,
+        source_resume_at=source_resume_at,
+        session_id=session_id,
+        resume_at=resume_at,
+        cwd=cwd,
+    )
 
 
 def turn_started(

@@ -85,15 +85,31 @@ class TurnView:
         }
 
 
+@dataclass(frozen=True)
+class ForkOrigin:
+    """Where a forked conversation came from (its ``forked`` record)."""
+
+    source: str
+    source_turn: int
+    source_session_id: str | None
+    at: str | None
+
+    def describe(self) -> str:
+        return f"forked from {self.source} at turn {self.source_turn}"
+
+
 @dataclass
 class ConversationView:
     turns: list[TurnView] = field(default_factory=list)
     session_id: str | None = None
     cwd: str | None = None
+    forked_from: ForkOrigin | None = None
 
     @property
     def next_turn(self) -> int:
-        return self.turns[-1].turn + 1 if self.turns else 1
+        if self.turns:
+            return self.turns[-1].turn + 1
+        return self.forked_from.source_turn + 1 if self.forked_from else 1
 
     @property
     def open_turn(self) -> TurnView | None:
@@ -130,6 +146,17 @@ def fold(
         if kind == "session_bound":
             view.session_id = ev.get("session_id")
             view.cwd = ev.get("cwd")
+            continue
+        if kind == "forked":
+            view.session_id = ev.get("session_id")
+            view.cwd = ev.get("cwd")
+            source_turn = ev.get("source_turn")
+            view.forked_from = ForkOrigin(
+                str(ev.get("source", "")),
+                source_turn if isinstance(source_turn, int) else 0,
+                ev.get("source_session_id"),
+                ev.get("at"),
+            )
             continue
         turn_no = ev.get("turn")
         if not isinstance(turn_no, int):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from daemon.config import Config, UnknownJobError
 from daemon.conversation import conversation_names, journal_path
-from daemon.heal import TurnView, fold
+from daemon.heal import ConversationView, ForkOrigin, TurnView, fold
 from daemon.journal import read_events
 from daemon.keyring import Keyring
 from daemon.layout import Layout
@@ -24,15 +24,28 @@ def existing_journal(config: Config, name: str) -> Path:
     return path
 
 
+def load_conversation(config: Config, keyring: Keyring, name: str) -> ConversationView:
+    return fold(read_events(existing_journal(config, name), name, keyring))
+
+
 def load_history(config: Config, keyring: Keyring, name: str) -> list[TurnView]:
-    return fold(read_events(existing_journal(config, name), name, keyring)).turns
+    return load_conversation(config, keyring, name).turns
 
 
-def render_history(name: str, turns: list[TurnView]) -> str:
-    """One block per turn; a run of beats skipped for the same reason is one line."""
+def render_history(name: str, turns: list[TurnView], forked_from: ForkOrigin | None = None) -> str:
+    """One block per turn; a run of beats skipped for the same reason is one line.
+
+    A fork says where it came from first: its turns before the cut are the source's.
+    """
+    origin = ""
+    if forked_from is not None:
+        origin = (
+            f" ({forked_from.describe()}; the turns up to it are in "
+            f"`vigil history {forked_from.source}`)"
+        )
     if not turns:
-        return f"{name}: no turns yet\n"
-    lines = [f"{name}: {len(turns)} turns"]
+        return f"{name}: no turns yet{origin}\n"
+    lines = [f"{name}: {len(turns)} turns{origin}"]
     i = 0
     while i < len(turns):
         t = turns[i]

@@ -4,7 +4,8 @@ The journal is the truth; the mirror is an index that can always be thrown away 
 rebuilt (``daemon.mirror_rebuild.rebuild`` purges and replays, it never patches).
 Tables:
 
-* ``conversations``: one row per journal: last sequence applied, session, last activity
+* ``conversations``: one row per journal: last sequence applied, session, last activity;
+  for a fork (``vigil fork``), the conversation, turn and session it was cut from
 * ``turns``: one row per turn (and per skipped beat, status ``skipped``), keyed by
   ``(conversation, turn)``: status, prompt, reply, times, cost, tokens, session, reason
 * ``tool_calls`` (keyed by the ``tool_use`` record's sequence), ``skips`` (keyed by
@@ -142,6 +143,8 @@ class ConversationSummary:
     spend_total_usd: float
     session_id: str | None
     records: int
+    forked_from: str | None = None  # the source conversation of a fork
+    forked_turn: int | None = None  # the source's turn it was cut at
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -153,7 +156,14 @@ class ConversationSummary:
             "spend_total_usd": self.spend_total_usd,
             "session_id": self.session_id,
             "records": self.records,
+            "forked_from": self.forked_from,
+            "forked_turn": self.forked_turn,
         }
+
+    @property
+    def origin(self) -> str | None:
+        """``SOURCE@TURN`` for a fork, for tables."""
+        return None if self.forked_from is None else f"{self.forked_from}@{self.forked_turn}"
 
 
 # ---------------------------------------------------------------- the mirror
@@ -332,6 +342,8 @@ class Mirror:
             c.last_seq, c.session_id, c.cwd = row["last_seq"], row["session_id"], row["cwd"]
             c.session_totals = json.loads(row["session_totals"])
             c.last_activity = row["last_activity"]
+            c.forked_from, c.forked_turn = row["forked_from"], row["forked_turn"]
+            c.forked_session = row["forked_session"]
             open_row = self.db.execute(
                 "SELECT * FROM turns WHERE conversation = ? AND status = 'running' "
                 "ORDER BY turn DESC LIMIT 1",
@@ -553,6 +565,7 @@ class Mirror:
         rows = self.db.execute(
             """
             SELECT c.name, c.session_id, c.last_activity, c.last_seq,
+              c.forked_from, c.forked_turn,
               (SELECT count(*) FROM turns t WHERE t.conversation = c.name),
               (SELECT coalesce(
                   (SELECT status FROM turns t WHERE t.conversation = c.name
@@ -569,13 +582,15 @@ class Mirror:
         return [
             ConversationSummary(
                 name=r[0],
-                turns=r[4],
-                last_status=r[5],
+                turns=r[6],
+                last_status=r[7],
                 last_activity=r[2],
-                spend_today_usd=round(r[6], 6),
-                spend_total_usd=round(r[7], 6),
+                spend_today_usd=round(r[8], 6),
+                spend_total_usd=round(r[9], 6),
                 session_id=r[1],
                 records=r[3],
+                forked_from=r[4],
+                forked_turn=r[5],
             )
             for r in rows
         ]

@@ -215,6 +215,9 @@ class ConvState:
     cwd: str | None = None
     session_totals: dict[str, float] = field(default_factory=dict)  # running cost per session
     last_activity: str | None = None
+    forked_from: str | None = None  # a fork's source conversation, turn and session
+    forked_turn: int | None = None
+    forked_session: str | None = None
     open: TurnState | None = None  # started, not ended; kept across writes
     turns: dict[int, TurnState] = field(default_factory=dict)
     tools: dict[int, ToolState] = field(default_factory=dict)
@@ -240,6 +243,9 @@ class ConvState:
             self.cwd,
             encode_json(self.session_totals),
             self.last_activity,
+            self.forked_from,
+            self.forked_turn,
+            self.forked_session,
         )
 
 
@@ -259,8 +265,8 @@ def fold_event(c: ConvState, seq: int, ev: Event, loader: Loader) -> None:  # no
     at = ev.get("at")
     if isinstance(at, str):
         c.last_activity = at
-    if kind == "session_bound":
-        c.session_id, c.cwd = ev.get("session_id"), ev.get("cwd")
+    if kind in ("session_bound", "forked"):
+        _session(c, ev)
         return
     turn_no = ev.get("turn")
     if not isinstance(turn_no, int):
@@ -306,6 +312,16 @@ def fold_event(c: ConvState, seq: int, ev: Event, loader: Loader) -> None:  # no
             t.reason = ev.get("reason")
         if c.open is t:
             c.open = None
+
+
+def _session(c: ConvState, ev: Event) -> None:
+    """``session_bound``, or ``forked`` (a fork's first record: also where it came from)."""
+    c.session_id, c.cwd = ev.get("session_id"), ev.get("cwd")
+    if ev.get("type") == "forked":
+        source_turn = ev.get("source_turn")
+        c.forked_from = ev.get("source")
+        c.forked_turn = source_turn if isinstance(source_turn, int) else None
+        c.forked_session = ev.get("source_session_id")
 
 
 def _turn_started(c: ConvState, seq: int, turn_no: int, ev: Event) -> None:

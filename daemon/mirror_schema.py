@@ -6,7 +6,7 @@ and rebuilt, never migrated (it is derived data).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: conversations.forked_from, forked_turn, forked_session
 
 SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -16,7 +16,10 @@ CREATE TABLE conversations(
     session_id TEXT,
     cwd TEXT,
     session_totals TEXT NOT NULL,
-    last_activity TEXT
+    last_activity TEXT,
+    forked_from TEXT,
+    forked_turn INTEGER,
+    forked_session TEXT
 );
 CREATE TABLE turns(
     id INTEGER PRIMARY KEY,
@@ -97,7 +100,16 @@ TABLES = ("deliveries", "skips", "tool_calls", "turns_fts", "turns", "conversati
 DUMP_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "conversations": (
         ("name",),
-        ("last_seq", "session_id", "cwd", "session_totals", "last_activity"),
+        (
+            "last_seq",
+            "session_id",
+            "cwd",
+            "session_totals",
+            "last_activity",
+            "forked_from",
+            "forked_turn",
+            "forked_session",
+        ),
     ),
     "turns": (
         ("conversation", "turn"),
@@ -155,11 +167,11 @@ TURN_UPSERT = (
     f"INSERT INTO turns({_COLS}) VALUES ({_SLOTS}) "  # noqa: S608  # column names are constants
     f"ON CONFLICT(conversation, turn) DO UPDATE SET {_SET}"
 )
+CONVERSATION_COLUMNS = ("name", *DUMP_COLUMNS["conversations"][1])
 CONVERSATION_UPSERT = (
-    "INSERT INTO conversations(name, last_seq, session_id, cwd, session_totals, last_activity) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET last_seq = excluded.last_seq, "
-    "session_id = excluded.session_id, cwd = excluded.cwd, "
-    "session_totals = excluded.session_totals, last_activity = excluded.last_activity"
+    f"INSERT INTO conversations({', '.join(CONVERSATION_COLUMNS)}) "  # noqa: S608  # constants
+    f"VALUES ({', '.join('?' * len(CONVERSATION_COLUMNS))}) ON CONFLICT(name) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in CONVERSATION_COLUMNS[1:])
 )
 # The index is kept in step explicitly (cheaper than triggers): a row's entry is
 # deleted with its exact old values before the row changes, and added after.

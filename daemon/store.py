@@ -16,6 +16,12 @@ deep-equal and in append order; appends are idempotent on an entry's ``uuid``;
 ``load`` of an unknown key is ``None``; deleting a main key cascades to its subkeys.
 Each ``append`` is flushed to the kernel before it returns and, unless fsync is
 ``never``, to disk (the SDK batches once per turn, so this is one fsync a turn).
+
+Other processes may add streams while this store is in use (``vigil fork`` writes a
+forked session's transcript while the daemon runs): a key this store has not seen is
+looked up on disk before it is created, and ``has_session`` and the listings look for
+new files. Reads never modify a file: a torn tail (perhaps a record being written
+right now) is left out of ``load`` and cut off only by this store's next ``append``.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from claude_agent_sdk.types import (
 
 from daemon.framing import decode_payload, encode_payload, open_line
 from daemon.fsutil import ensure_private_dir, fsync_dir
-from daemon.journal import JOURNAL_SUFFIX, FsyncPolicy, Journal
+from daemon.journal import JOURNAL_SUFFIX, FsyncPolicy, Journal, scan
 from daemon.keyring import Keyring
 
 KeyTuple = tuple[str, str, str | None]
@@ -114,6 +120,7 @@ class JournalSessionStore:
         return out
 
     async def list_sessions(self, project_key: str) -> list[SessionStoreListEntry]:
+        self._discover()
         return [
             {"session_id": s.key[1], "mtime": self._mtime_ms(s)}
             for s in self._all_streams().values()
@@ -121,6 +128,7 @@ class JournalSessionStore:
         ]
 
     async def list_session_summaries(self, project_key: str) -> list[SessionSummaryEntry]:
+        self._discover()
         out: list[SessionSummaryEntry] = []
         for s in self._all_streams().values():
             if s.key[0] != project_key or s.key[2] is not None:
@@ -134,6 +142,7 @@ class JournalSessionStore:
 
     async def delete(self, key: SessionKey) -> None:
         target = _key_tuple(key)
+        self._discover()
         streams = self._all_streams()
         doomed = [
             d
@@ -149,6 +158,7 @@ class JournalSessionStore:
             fsync_dir(self.directory)
 
     async def list_subkeys(self, key: SessionListSubkeysKey) -> list[str]:
+        self._discover()
         return sorted(
             s.key[2]
             for s in self._all_streams().values()
@@ -159,26 +169,43 @@ class JournalSessionStore:
 
     def has_session(self, session_id: str) -> bool:
         """Whether a main transcript for ``session_id`` exists (under any project key)."""
-        return any(
-            s.key[1] == session_id and s.key[2] is None for s in self._all_streams().values()
-        )
+
+        def known() -> bool:
+            return any(
+                s.key[1] == session_id and s.key[2] is None for s in self._all_streams().values()
+            )
+
+        return known() or (self._discover() and known())
 
     # --- internals -----------------------------------------------------------------------
 
     def _all_streams(self) -> dict[str, _Stream]:
         if self._streams is None:
             self._streams = {}
-            for path in sorted(self.directory.glob(f"*{JOURNAL_SUFFIX}")):
-                key = self._read_key(path)
-                if key is not None:
-                    d = path.name[: -len(JOURNAL_SUFFIX)]
-                    self._streams[d] = _Stream(key, path, f"t:{d}")
+            self._discover()
         return self._streams
+
+    def _discover(self) -> bool:
+        """Adopt stream files this store does not know yet; whether any was found."""
+        streams = self._all_streams()
+        found = False
+        for path in sorted(self.directory.glob(f"*{JOURNAL_SUFFIX}")):
+            d = path.name[: -len(JOURNAL_SUFFIX)]
+            if d in streams:
+                continue
+            key = self._read_key(path)
+            if key is not None:
+                streams[d] = _Stream(key, path, f"t:{d}")
+                found = True
+        return found
 
     def _read_key(self, path: Path) -> KeyTuple | None:
         digest = path.name[: -len(JOURNAL_SUFFIX)]
-        with path.open("rb") as f:
-            first = f.readline()
+        try:
+            with path.open("rb") as f:
+                first = f.readline()
+        except FileNotFoundError:
+            return None  # deleted since it was listed
         if not first.endswith(b"\n"):
             return None  # torn before the header was complete: nothing was ever stored
         record = decode_payload(open_line(self.keyring, f"t:{digest}", first[:-1]).payload)
@@ -190,6 +217,9 @@ class JournalSessionStore:
         streams = self._all_streams()
         d = _digest(key)
         stream = streams.get(d)
+        if stream is None and (self.directory / f"{d}{JOURNAL_SUFFIX}").exists():
+            self._discover()  # written by another process since we listed the directory
+            stream = streams.get(d)
         if stream is None and create:
             stream = _Stream(key, self.directory / f"{d}{JOURNAL_SUFFIX}", f"t:{d}", loaded=True)
             header = {
@@ -224,16 +254,16 @@ class JournalSessionStore:
             journal.close()
 
     def _records(self, stream: _Stream) -> list[dict[str, Any]]:
+        """Every complete record, read-only (a torn tail is cut by the next append:
+        ``_open`` sees the file is longer than ``stream.size`` and recovers it)."""
         records: list[dict[str, Any]] = []
-        journal = Journal.open(
+        result = scan(
             stream.path,
             stream.stream_id,
             self.keyring,
-            fsync=self.fsync,
-            visit=lambda fr: records.append(decode_payload(fr.payload)),
+            lambda fr: records.append(decode_payload(fr.payload)),
         )
-        stream.last_seq, stream.size = journal.last_seq, journal.size
-        journal.close()
+        stream.last_seq, stream.size = result.last_seq, result.good_end
         return records
 
     def _ensure_loaded(self, stream: _Stream) -> None:

@@ -31,7 +31,7 @@ from daemon.agent import AgentSession
 from daemon.beats import BeatResult, BeatRunner, ResumePoint
 from daemon.config import Config, ConfigError, HeartbeatConfig, load_config
 from daemon.control import SOCKET_NAME, ControlServer
-from daemon.conversation import Conversation
+from daemon.conversation import Conversation, conversation_names, journal_path
 from daemon.errors import JournalFatalError, JournalWriteError, VigilError
 from daemon.events import Event, Trigger
 from daemon.heartbeat import (
@@ -48,6 +48,7 @@ from daemon.layout import Layout
 from daemon.lock import StateLock
 from daemon.logs import get_logger
 from daemon.mirror import Mirror
+from daemon.mirror_rebuild import journal_feed
 from daemon.notify import Notifier, run_watchdog, watchdog_interval
 from daemon.pool import ClientPool, LeaseTimeout
 from daemon.reload import daemon_changes, diff_jobs, reload_problems
@@ -175,10 +176,24 @@ class Supervisor:
             replay = self._open_job(job_cfg)
             if replay is not None:
                 replays[job_cfg.name] = replay
+        self._mirror_jobless()
         self.log.info(
             "recovered", jobs=len(self.jobs), seconds=round(time.monotonic() - started, 3)
         )
         return replays
+
+    def _mirror_jobless(self) -> None:
+        """Replay, read-only, the journals no job owns (a removed job's, a fork not yet
+        configured) into the mirror, so it holds every conversation as a rebuild does."""
+        jobs = {job.name for job in self.config.heartbeats}
+        for name in conversation_names(self.layout.conversations):
+            if name in jobs:
+                continue
+            path = journal_path(self.layout.conversations, name)
+            try:
+                self.mirror.replay(name, journal_feed(path, name, self.keyring))
+            except VigilError as exc:
+                self.log.warning("mirror_left_out", conversation=name, error=str(exc))
 
     def _open_job(self, job_cfg: HeartbeatConfig) -> tuple[Trigger, str] | None:
         """Open and heal one job's conversation, settle its delivery fence, register it.

@@ -93,9 +93,13 @@ def conversation_stream(draw: st.DrawFn, *, junk: bool) -> list[Event]:
     robust reader must tolerate: unknown types, events of turns never started,
     several results in a turn, a turn superseded by the next one."""
     events: list[Event] = [ev.session_bound("s-1", "/srv/a", mode="new", at=AT)]
+    turn = 0
+    forked_at = draw(st.one_of(st.none(), st.integers(1, 4)))
+    if forked_at is not None:  # a fork (`vigil fork`): numbered on from the source's turn
+        events.insert(0, fork_record("origin", forked_at))
+        turn = forked_at
     total = 0.0
     n_turns = draw(st.integers(0, 6))
-    turn = 0
     for i in range(n_turns):
         turn += 1
         day = f"2026-11-{20 + draw(st.integers(0, 1))}T10:00:0{i % 10}.000Z"
@@ -121,6 +125,19 @@ def conversation_stream(draw: st.DrawFn, *, junk: bool) -> list[Event]:
         if junk and draw(st.integers(0, 3)) == 0:
             events += draw(st.sampled_from(JUNK))(turn)
     return events
+
+
+def fork_record(source: str, source_turn: int, session: str = "s-1") -> Event:
+    return ev.forked(
+        source=source,
+        source_session_id="s-0",
+        source_turn=source_turn,
+        source_resume_at="u-0",
+        session_id=session,
+        resume_at="u-fork",
+        cwd="/srv/a",
+        at=AT,
+    )
 
 
 JUNK: list[Any] = [
@@ -459,6 +476,33 @@ def test_summaries_per_conversation() -> None:
     assert rows["inbox"].session_id == "s-1"
     assert (rows["digest"].turns, rows["digest"].last_status) == (2, "running")
     assert rows["digest"].records == len(sample_streams()["digest"])
+
+
+def test_a_fork_says_where_it_came_from_live_after_a_restart_and_rebuilt(
+    tmp_path: Path,
+) -> None:
+    events = [fork_record("inbox", 2, session="s-9"), *turn_events(3, prompt="p", deltas=["x"])]
+    live = Mirror.open(tmp_path / "live.sqlite3")
+    live.apply("branch", 1, events[0])
+    live.close()  # a restart: the fork's origin comes back from its row
+    live = Mirror.open(tmp_path / "live.sqlite3")
+    for seq, event in enumerate(events[1:], start=2):
+        live.apply("branch", seq, event)
+    live.flush()
+    [row] = live.conversations()
+    assert (row.name, row.forked_from, row.forked_turn, row.session_id) == (
+        "branch",
+        "inbox",
+        2,
+        "s-9",
+    )
+    assert (row.turns, row.origin) == (1, "inbox@2")
+    assert row.as_json()["forked_from"] == "inbox" and row.as_json()["forked_turn"] == 2
+    fresh = Mirror.open(":memory:")
+    fresh.replay("branch", events_feed(enumerate(events, start=1)))
+    assert live.dump() == fresh.dump()
+    [forked_row] = [r for r in fresh.dump() if r.table == "conversations"]
+    assert forked_row.values[-3:] == ("inbox", 2, "s-0")
 
 
 def test_a_restart_mid_turn_keeps_the_open_turn_context(tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ from claude_agent_sdk.testing import run_session_store_conformance
 from claude_agent_sdk.testing.session_store_conformance import _has_optional
 from claude_agent_sdk.types import SessionKey, SessionStoreEntry
 
+from daemon.framing import decode_payload
+from daemon.journal import scan
 from daemon.keyring import Keyring
 from daemon.store import JournalSessionStore
 
@@ -49,3 +51,40 @@ def test_store_survives_reopen_dedups_on_uuid_and_stores_no_plaintext(tmp_path: 
     for f in tmp_path.iterdir():
         assert b"canary" not in f.read_bytes()
         assert f.stat().st_mode & 0o777 == 0o600
+
+
+def _kinds(path: Path, keyring: Keyring) -> list[str]:
+    kinds: list[str] = []
+    scan(
+        path, f"t:{path.stem}", keyring, lambda fr: kinds.append(decode_payload(fr.payload)["kind"])
+    )
+    return kinds
+
+
+def test_a_store_adopts_streams_another_process_wrote_and_loading_never_cuts(
+    tmp_path: Path,
+) -> None:
+    """``vigil fork`` writes a new session's stream while the daemon's store has listed
+    the directory already: the daemon finds it, and appends to it as its own."""
+    keyring = Keyring.generate()
+    forked: SessionKey = {"project_key": "p", "session_id": "s-forked"}
+    daemon_store = JournalSessionStore(tmp_path, keyring)
+    assert daemon_store.has_session("s-forked") is False  # lists the directory once
+
+    other = JournalSessionStore(tmp_path, keyring)
+    asyncio.run(other.append(forked, [_entry("u1", 1)]))
+    asyncio.run(daemon_store.append(forked, [_entry("u2", 2), _entry("u1", 1)]))
+    [path] = tmp_path.glob("*.jsonl")
+    assert _kinds(path, keyring) == ["key", "entries", "summary", "entries", "summary"]
+    assert daemon_store.has_session("s-forked") is True
+    assert asyncio.run(other.load(forked)) == [_entry("u1", 1), _entry("u2", 2)]
+
+    with path.open("ab") as f:
+        f.write(b'{"v":1,"c":"half a rec')  # a record being written right now, or torn
+    torn = path.read_bytes()
+    reader = JournalSessionStore(tmp_path, keyring)
+    assert asyncio.run(reader.load(forked)) == [_entry("u1", 1), _entry("u2", 2)]
+    assert path.read_bytes() == torn  # loading left the file alone
+    asyncio.run(reader.append(forked, [_entry("u3", 3)]))  # writing recovers it first
+    assert asyncio.run(other.load(forked)) == [_entry("u1", 1), _entry("u2", 2), _entry("u3", 3)]
+    assert b"half a rec" not in path.read_bytes()
