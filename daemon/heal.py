@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from daemon.events import Event, event_type
+from jobs.budget import RESTARTS_COST_TOTAL
 
 TurnStatus = Literal["running", "completed", "quiet", "failed", "interrupted", "skipped"]
 DeliveryStatus = Literal["in_progress", "done", "failed", "retrying", "unknown"]
@@ -143,20 +144,9 @@ def fold(
     open_delivery: DeliveryStatus = "in_progress" if open_turn_status == "running" else "unknown"
     for ev in events:
         kind = event_type(ev)
-        if kind == "session_bound":
-            view.session_id = ev.get("session_id")
-            view.cwd = ev.get("cwd")
-            continue
-        if kind == "forked":
-            view.session_id = ev.get("session_id")
-            view.cwd = ev.get("cwd")
-            source_turn = ev.get("source_turn")
-            view.forked_from = ForkOrigin(
-                str(ev.get("source", "")),
-                source_turn if isinstance(source_turn, int) else 0,
-                ev.get("source_session_id"),
-                ev.get("at"),
-            )
+        if kind in RESTARTS_COST_TOTAL:
+            totals.clear()  # a new CLI process: its running cost total restarts
+            _bind_session(view, ev)
             continue
         turn_no = ev.get("turn")
         if not isinstance(turn_no, int):
@@ -206,6 +196,20 @@ def fold(
         if not t.reply and t.deltas:
             t.reply = "".join(t.deltas)
     return view
+
+
+def _bind_session(view: ConversationView, ev: Event) -> None:
+    """``session_bound``, or ``forked`` (a fork's first record: also where it came from)."""
+    view.session_id = ev.get("session_id")
+    view.cwd = ev.get("cwd")
+    if event_type(ev) == "forked":
+        source_turn = ev.get("source_turn")
+        view.forked_from = ForkOrigin(
+            str(ev.get("source", "")),
+            source_turn if isinstance(source_turn, int) else 0,
+            ev.get("source_session_id"),
+            ev.get("at"),
+        )
 
 
 def _apply(t: TurnView, kind: str, ev: Event) -> None:

@@ -317,6 +317,7 @@ def fold_event(c: ConvState, seq: int, ev: Event, loader: Loader) -> None:  # no
 def _session(c: ConvState, ev: Event) -> None:
     """``session_bound``, or ``forked`` (a fork's first record: also where it came from)."""
     c.session_id, c.cwd = ev.get("session_id"), ev.get("cwd")
+    c.session_totals.clear()  # a new CLI process: its running cost total restarts
     if ev.get("type") == "forked":
         source_turn = ev.get("source_turn")
         c.forked_from = ev.get("source")

@@ -1,11 +1,14 @@
 """Spend per day, from the journal's ``result`` records (pure).
 
-The CLI reports ``total_cost_usd`` as a running total per SDK session (it carries over
-a resume), and vigil journals it as ``session_cost_usd``. A turn's cost is the step
-from the previous total *of the same session*; a session's first result costs its
-whole total. :class:`SpendLedger` folds those steps by instant; ``spent_on`` sums the
-ones whose instant falls on a given local day, so the budget survives restarts because
-the journal does.
+The CLI reports ``total_cost_usd`` as a running total, and vigil journals it as
+``session_cost_usd``. With a session store every resume runs the CLI on a transcript
+materialized from the store, and the total restarts there (docs/sdk-notes.md): so the
+running total belongs to one CLI *process*. A turn's cost is the step from the
+previous total of the same session since the last ``session_bound`` (each connect
+journals one); the first result after a connect costs its whole total.
+:class:`SpendLedger` folds those steps by instant; ``spent_on`` sums the ones whose
+instant falls on a given local day, so the budget survives restarts because the
+journal does.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
-__all__ = ["SpendLedger", "parse_at", "turn_cost_steps"]
+__all__ = ["RESTARTS_COST_TOTAL", "SpendLedger", "parse_at", "turn_cost_steps"]
+
+# Events after which the CLI's running cost total starts again from zero.
+RESTARTS_COST_TOTAL = frozenset({"session_bound", "forked"})
 
 # Results older than this (before the newest) cannot fall on "today" in any time zone.
 _KEEP = timedelta(days=2, hours=2)
@@ -35,6 +41,9 @@ class SpendLedger:
 
     def feed(self, event: Mapping[str, Any]) -> float | None:
         """Account for ``event``; returns the turn's cost when it is a ``result``."""
+        if event.get("type") in RESTARTS_COST_TOTAL:
+            self._totals.clear()  # a new CLI process: its running total starts at zero
+            return None
         if event.get("type") != "result":
             return None
         total = event.get("session_cost_usd")

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from daemon import events
 from daemon.conversation import Conversation
 from daemon.journal import FsyncPolicy
@@ -90,3 +92,32 @@ def test_spend_survives_a_restart_because_it_is_read_back_from_the_journal(
     assert round(ledger.spend.spent_today(now, UTC), 6) == 0.0107
     assert ledger.quiet_streak == 1
     assert ledger.last_started_at is not None
+
+
+def test_the_running_total_restarts_with_each_cli_process() -> None:
+    # With a session store, a resumed CLI process reports its total from zero again:
+    # the first result after a reconnect (session_bound) costs its whole total.
+    session = "s-1"
+    events: list[dict[str, Any]] = [
+        {"type": "session_bound", "session_id": session, "at": "2026-01-01T10:00:00Z"},
+        {
+            "type": "result",
+            "session_id": session,
+            "session_cost_usd": 0.01,
+            "at": "2026-01-01T10:00:01Z",
+        },
+        {
+            "type": "result",
+            "session_id": session,
+            "session_cost_usd": 0.03,
+            "at": "2026-01-01T10:01:00Z",
+        },
+        {"type": "session_bound", "session_id": session, "at": "2026-01-01T11:00:00Z"},
+        {
+            "type": "result",
+            "session_id": session,
+            "session_cost_usd": 0.011,
+            "at": "2026-01-01T11:00:01Z",
+        },
+    ]
+    assert turn_cost_steps(events) == pytest.approx([0.01, 0.02, 0.011])
