@@ -13,17 +13,12 @@ from pathlib import Path
 from daemon import cli_live, cli_mirror
 from daemon.cli_mirror import check_owner
 from daemon.config import JOB_NAME_PATTERN, Config, default_config_path, load_config
-from daemon.demo import run_demo
-from daemon.devmodel import run_forever
 from daemon.errors import VigilError
-from daemon.fork import fork_conversation
 from daemon.history import existing_journal, load_conversation, render_history
 from daemon.journal import FsyncPolicy
 from daemon.keyring import Keyring, generate_key_file, resolve_key_path, rotate_key_file
 from daemon.layout import Layout
 from daemon.logs import configure_logging
-from daemon.notify import SystemdNotifier
-from daemon.supervisor import Supervisor
 
 EXIT_CODES = """\
 exit codes:
@@ -183,9 +178,13 @@ def dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911  # one return pe
     if command == "key":
         return cmd_key(args.key_command, args.path)
     if command == "dev-model":
+        from daemon.devmodel import run_forever  # noqa: PLC0415  # see the note above cmd_run
+
         run_forever(args.host, args.port, slow_ms=args.slow_ms)
         return 0
     if command == "demo":
+        from daemon.demo import run_demo  # noqa: PLC0415  # see the note above cmd_run
+
         return run_demo(keep=args.keep)
     raise AssertionError(command)  # argparse only lets known commands through
 
@@ -196,7 +195,15 @@ def _load(config_path: Path | None) -> tuple[Config, Keyring]:
     return config, keyring
 
 
+# Lazy imports: the commands that drive the SDK (run, fork, demo) import it (about 1 s
+# of start-up) when they run, so that status, history, tail and the other read-only
+# commands answer quickly.
+
+
 def cmd_run(config_path: Path | None) -> int:
+    from daemon.notify import SystemdNotifier  # noqa: PLC0415
+    from daemon.supervisor import Supervisor  # noqa: PLC0415
+
     path = config_path or default_config_path()
     config, keyring = _load(path)
     configure_logging(config.daemon.log_format)
@@ -218,6 +225,8 @@ def cmd_history(config_path: Path | None, name: str, *, as_json: bool) -> int:
 def cmd_fork(
     config_path: Path | None, name: str, new_name: str, at: int | None, *, as_json: bool
 ) -> int:
+    from daemon.fork import fork_conversation  # noqa: PLC0415
+
     config, keyring = _load(config_path)
     existing_journal(config, name)  # an unknown NAME: UnknownJobError, listing the known
     layout = Layout(config.daemon.state_dir, config.daemon.runtime_dir)
