@@ -42,6 +42,9 @@ class ConversationState:
     resume_at: str | None = None  # last assistant uuid of the last completed turn
     last_beat_at: str | None = None
     open_turn: OpenTurn | None = None
+    # The last turn was interrupted (a crash healed at start, or a drain) and no turn
+    # has started since: the next connect must drop its half (``on_interrupted``).
+    interrupted: OpenTurn | None = None
     _pending_resume_at: str | None = field(default=None, repr=False)
 
     def feed(self, event: Event) -> None:
@@ -65,6 +68,7 @@ class ConversationState:
                 event.get("prompt_uuid"),
             )
             self._pending_resume_at = None
+            self.interrupted = None
             self.next_turn = max(self.next_turn, turn + 1)
             self.last_beat_at = event.get("at")
         elif kind == "beat_skipped" and isinstance(turn, int):
@@ -77,7 +81,10 @@ class ConversationState:
             if self._pending_resume_at:
                 self.resume_at = self._pending_resume_at
             self.open_turn = None
-        elif kind in ("turn_failed", "turn_interrupted"):
+        elif kind == "turn_interrupted":
+            self.interrupted = self.open_turn
+            self.open_turn = None
+        elif kind == "turn_failed":
             self.open_turn = None
 
 

@@ -259,18 +259,26 @@ class Supervisor:
         for key in settle_open(list(ledger.open_deliveries.values()), JournalDeliveryLog(conv)):
             log.warning("delivery_fenced", turn=key.turn, sink=key.sink)
         healed = conv.heal()
-        if healed is None:
+        # A turn cut off by a crash (healed just now) or by the last drain: the same
+        # policy decides what follows, until the next turn starts.
+        interrupted = conv.state.interrupted
+        if interrupted is None:
             return None
         policy = job_cfg.on_interrupted
-        log.warning("turn_healed", turn=healed.turn, deltas=healed.deltas, on_interrupted=policy)
+        log.warning(
+            "turn_healed" if healed is not None else "interrupted_turn_pending",
+            turn=interrupted.turn,
+            deltas=interrupted.deltas,
+            on_interrupted=policy,
+        )
         if policy in ("replay", "drop"):
             runner.resume_point = ResumePoint(
                 resume_at=conv.state.resume_at,
-                drops_turn=healed.prompt_uuid,
+                drops_turn=interrupted.prompt_uuid,
                 fresh_session=conv.state.resume_at is None,
             )
         if policy in ("replay", "continue"):
-            return ("replay", healed.prompt)
+            return ("replay", interrupted.prompt)
         return None
 
     # --- scheduling ------------------------------------------------------------------

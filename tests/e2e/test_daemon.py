@@ -261,6 +261,38 @@ def test_sigterm_interrupts_a_stalled_turn_after_drain_grace(site: Site) -> None
     print(f"\nstalled turn interrupted; exit took {took:.2f}s")
 
 
+@pytest.mark.timeout(180)
+def test_a_turn_interrupted_by_drain_is_replayed_without_its_half(site: Site) -> None:
+    # About 13 deltas 400 ms apart: drain_grace (1s) runs out mid-stream.
+    prompt = "drained [slow:400]"
+    site.write_config([Job("drained", prompt, every="1h")], drain_grace="1s")
+    first = site.start()
+    first.wait_event("turn_completed", 60, job="drained")
+    assert first.terminate() == 0
+    second = site.start()  # no interrupted turn: no replay, the next beat is in an hour
+    assert second.events("interrupted_turn_pending") == []
+    answer = site.vigil("beat", "drained", "--config", str(site.config_path))
+    assert answer.returncode == 0, answer.stderr
+    second.wait_for(_is_delta("drained"), 30, start=second.count(), what="a delta of turn 2")
+    assert second.terminate(20) == 0
+    turns = site.history("drained")
+    assert [(t["status"], t["reason"]) for t in turns] == [
+        ("completed", None),
+        ("interrupted", "shutdown"),
+    ]
+
+    third = site.start()
+    pending = third.wait_event("interrupted_turn_pending", 30, job="drained")
+    assert (pending["turn"], pending["on_interrupted"]) == (2, "replay")
+    done = third.wait_event("turn_completed", 60, job="drained")
+    assert third.terminate() == 0
+    replay = {t["turn"]: t for t in site.history("drained")}[done["turn"]]
+    assert replay["trigger"] == "replay"
+    # The model saw turn 1 and the replayed prompt once: not the drained half turn.
+    seen = parse_reply(replay["reply"])
+    assert (seen.n, seen.first, seen.last) == (2, shown(prompt), shown(prompt))
+
+
 # ---------------------------------------------------------------- 4. model faults
 
 
