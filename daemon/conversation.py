@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon import events as ev
 from daemon.events import Event, event_type
@@ -19,6 +19,9 @@ from daemon.framing import Frame, decode_payload
 from daemon.journal import JOURNAL_SUFFIX, FsyncPolicy, Journal, TailCut
 from daemon.keyring import Keyring
 from daemon.logs import get_logger
+
+if TYPE_CHECKING:
+    from daemon.recovery_read import Folded
 
 Listener = Callable[[str, int, Event], None]
 
@@ -124,6 +127,24 @@ class Conversation:
         path = journal_path(directory, name)
         journal = Journal.open(path, name, keyring, fsync=fsync, visit=feed)
         return cls(name, journal, state)
+
+    @classmethod
+    def open_folded(
+        cls,
+        directory: Path,
+        name: str,
+        keyring: Keyring,
+        folded: Folded,
+        *,
+        fsync: FsyncPolicy,
+    ) -> Conversation:
+        """Open a journal another process has just read and folded (start-up's parallel
+        read), without reading it again; a file that changed since is read again."""
+        path = journal_path(directory, name)
+        journal = Journal.open_scanned(path, name, keyring, folded.scan, folded.size, fsync=fsync)
+        if journal is None:
+            return cls.open(directory, name, keyring, fsync=fsync)
+        return cls(name, journal, folded.state)
 
     @property
     def tail_cut(self) -> TailCut | None:

@@ -256,6 +256,35 @@ class Journal:
         )
 
     @classmethod
+    def open_scanned(
+        cls,
+        path: Path,
+        stream_id: str,
+        keyring: Keyring,
+        result: ScanResult,
+        size: int,
+        *,
+        fsync: FsyncPolicy = FsyncPolicy.TURN,
+    ) -> Journal | None:
+        """Open for appending a journal whose :func:`scan` (``result``, of a file of
+        ``size`` bytes) was made elsewhere, cutting its torn tail. ``None`` when the file
+        is no longer that size: read it again with :meth:`open`."""
+        if path.stat().st_size != size:
+            return None
+        tail_cut = _cut_tail(path, result) if result.tail is not None else None
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        return cls(
+            path,
+            stream_id,
+            keyring,
+            fd=fd,
+            last_seq=result.last_seq,
+            size=result.good_end,
+            fsync=fsync,
+            tail_cut=tail_cut,
+        )
+
+    @classmethod
     def reopen(
         cls,
         path: Path,

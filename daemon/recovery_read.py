@@ -1,0 +1,100 @@
+"""Start-up's one read of every journal, spread over the machine's cores.
+
+Recovery must authenticate and fold every record of every journal before ``READY=1``
+(the conversation state and the job ledger come from the whole journal). Decrypting
+is CPU-bound, so with several journals worth the trouble the read runs in forked
+worker processes, one journal per task, each returning only the small folded summary
+(:class:`Folded`); the parent then opens each journal for appending without reading
+it again (:meth:`daemon.conversation.Conversation.open_folded`).
+
+Workers are forked before this process starts any thread (recovery runs before the
+scheduler, the control socket or any subprocess), so they inherit the keyring and
+every imported module for free. A journal a worker could not read (corrupt, newer
+format, wrong key) comes back as ``None``: the parent reads it itself, which raises
+the error with its own type and message.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daemon.conversation import ConversationState
+from daemon.framing import Frame, decode_payload
+from daemon.journal import ScanResult, scan
+from daemon.keyring import Keyring
+from jobs.ledger import JobLedger
+
+# Below this many journal bytes in all, forking workers costs more than it saves.
+PARALLEL_MIN_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class Folded:
+    """One journal's summary after a full read: where its good records end, its state."""
+
+    scan: ScanResult
+    size: int  # the file's size when read: the parent reopens only an unchanged file
+    state: ConversationState = field(default_factory=ConversationState)
+    ledger: JobLedger = field(default_factory=JobLedger)
+
+
+def fold_journal(path: Path, name: str, keyring: Keyring) -> Folded:
+    """Read and fold one journal (raises the journal's errors)."""
+    state = ConversationState()
+    ledger = JobLedger()
+
+    def visit(frame: Frame) -> None:
+        event = decode_payload(frame.payload)
+        state.feed(event)
+        ledger.feed(event)
+
+    size = path.stat().st_size
+    result = scan(path, name, keyring, visit)
+    return Folded(result, size, state, ledger)
+
+
+def worker_count(paths: Iterable[Path]) -> int:
+    """How many processes the read deserves: 1 for little data, else one per core."""
+    total = 0
+    for path in paths:
+        try:
+            total += path.stat().st_size
+        except OSError:
+            continue
+    if total < PARALLEL_MIN_BYTES:
+        return 1
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+_keyring: Keyring | None = None  # set in the parent just before forking the workers
+
+
+def _fold_in_worker(task: tuple[Path, str]) -> tuple[str, Folded | None]:
+    path, name = task
+    assert _keyring is not None  # noqa: S101  # set before the fork
+    try:
+        return name, fold_journal(path, name, _keyring)
+    except Exception:  # the parent reads it again and raises its own error
+        return name, None
+
+
+def fold_all(journals: list[tuple[Path, str]], keyring: Keyring, workers: int) -> dict[str, Folded]:
+    """Each journal's :class:`Folded`, read in ``workers`` forked processes.
+
+    Journals missing from the answer (all of them when ``workers <= 1``, and any a
+    worker could not read) are for the caller to read itself, the ordinary way.
+    """
+    if workers <= 1 or len(journals) < 2:
+        return {}
+    global _keyring  # noqa: PLW0603  # inherited by the forked workers, nothing else
+    _keyring = keyring
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            done = pool.imap_unordered(_fold_in_worker, journals, chunksize=4)
+            return {name: folded for name, folded in done if folded is not None}
+    finally:
+        _keyring = None
