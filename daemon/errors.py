@@ -71,8 +71,9 @@ class JournalVersionError(VigilError):
         self.version = version
         self.supported = supported
         super().__init__(
-            f"journal {path}: line {line}: format version {version!r} is newer than this "
-            f"vigil understands (up to {supported}); upgrade vigil. Nothing was changed"
+            f"journal {path}: line {line}: written by a newer vigil (format {version!r}); "
+            f"this vigil reads formats up to {supported}. Nothing was changed; upgrade vigil "
+            "to read it"
         )
 
 
@@ -122,3 +123,15 @@ class StateLockedError(VigilError):
             f"another vigil is already running on this state directory "
             f"(lock {lock_path} held{(' by ' + holder) if holder else ''})"
         )
+
+
+class DirectoryError(VigilError):
+    """A directory vigil keeps its files in cannot be created or used."""
+
+    exit_code = 2
+
+    def __init__(self, path: Path, what: str, detail: str) -> None:
+        self.path = path
+        self.what = what
+        self.detail = detail
+        super().__init__(f"{what} {path}: {detail}")
