@@ -31,8 +31,8 @@ from daemon.agent import AgentSession
 from daemon.beats import BeatResult, BeatRunner, ResumePoint
 from daemon.config import Config, ConfigError, HeartbeatConfig, load_config
 from daemon.control import SOCKET_NAME, ControlServer
-from daemon.conversation import Conversation
-from daemon.errors import JournalFatalError, JournalWriteError, VigilError
+from daemon.conversation import Conversation, journal_path
+from daemon.errors import DirectoryError, JournalFatalError, JournalWriteError, VigilError
 from daemon.events import Event, Trigger
 from daemon.heartbeat import (
     Job,
@@ -48,6 +48,7 @@ from daemon.layout import Layout
 from daemon.lock import StateLock
 from daemon.logs import get_logger
 from daemon.mirror import Mirror
+from daemon.mirror_rebuild import rebuild
 from daemon.notify import Notifier, run_watchdog, watchdog_interval
 from daemon.reload import daemon_changes, diff_jobs, reload_problems
 from daemon.scheduler import BeatScheduler
@@ -95,6 +96,7 @@ class Supervisor:
         self._lock = StateLock(self.layout.state_dir)
         self._scheduler = BeatScheduler(self._on_due)
         self._spec_env: dict[str, str] = {}
+        self._last_extend = 0.0
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -103,7 +105,13 @@ class Supervisor:
         # Owner-only for everything this process and its CLI children create, whatever
         # umask we were started with (conversation text must not be group-readable).
         os.umask(0o077)
-        self.layout.create()
+        try:
+            self.layout.create()
+        except OSError as exc:
+            where = Path(exc.filename) if exc.filename else self.layout.state_dir
+            raise DirectoryError(
+                where, "directory", f"cannot be created ({exc.strerror or exc})"
+            ) from None
         self._lock.acquire()
         try:
             return await self._run_locked()
@@ -155,14 +163,33 @@ class Supervisor:
         return 0
 
     def _recover(self) -> dict[str, tuple[Trigger, str]]:
-        """Open, heal and preflight every job's conversation; returns beats to rerun."""
-        started = last_extend = time.monotonic()
+        """Open, heal and preflight every job's conversation; returns beats to rerun.
+
+        Every journal is read before any is written to: a journal that refuses the
+        start (corrupt, from a newer vigil, under another key) stops it before anything
+        is journaled (no healed turn, no fenced delivery, no new empty journal), and
+        the derived mirror is left as a fresh rebuild would make it.
+        """
+        started = time.monotonic()
+        self._last_extend = started
+        opened: dict[str, tuple[Conversation, JobLedger]] = {}
+        # Existing journals first, so a new job's empty journal is created only once
+        # every existing one has been read.
+        order = sorted(self.config.heartbeats, key=lambda cfg: not self._has_journal(cfg.name))
+        try:
+            for job_cfg in order:
+                self._extend_start_timeout()
+                opened[job_cfg.name] = self._open_conversation(job_cfg)
+        except Exception:
+            for conv, _ in opened.values():
+                conv.close()
+            self._restore_mirror()
+            raise
         replays: dict[str, tuple[Trigger, str]] = {}
         for job_cfg in self.config.heartbeats:
-            if time.monotonic() - last_extend > EXTEND_EVERY_S:
-                self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_EVERY_S * 4 * 1e6)}")
-                last_extend = time.monotonic()
-            replay = self._open_job(job_cfg)
+            self._extend_start_timeout()
+            conv, ledger = opened[job_cfg.name]
+            replay = self._register_job(job_cfg, conv, ledger)
             if replay is not None:
                 replays[job_cfg.name] = replay
         self.log.info(
@@ -170,10 +197,35 @@ class Supervisor:
         )
         return replays
 
+    def _extend_start_timeout(self) -> None:
+        if time.monotonic() - self._last_extend > EXTEND_EVERY_S:
+            self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_EVERY_S * 4 * 1e6)}")
+            self._last_extend = time.monotonic()
+
+    def _has_journal(self, name: str) -> bool:
+        return journal_path(self.layout.conversations, name).exists()
+
+    def _restore_mirror(self) -> None:
+        """After a refused start: the mirror as ``vigil rebuild`` would leave it (the
+        journals that cannot be read left out), not half purged, so ``vigil verify``,
+        ``search`` and ``sessions`` agree with the journals until the next start."""
+        try:
+            rebuild(self.mirror, self.layout.conversations, self.keyring)
+        finally:
+            self.mirror.close()
+
     def _open_job(self, job_cfg: HeartbeatConfig) -> tuple[Trigger, str] | None:
         """Open and heal one job's conversation, settle its delivery fence, register it.
 
         Returns the beat to rerun at once (an interrupted turn), if any.
+        """
+        conv, ledger = self._open_conversation(job_cfg)
+        return self._register_job(job_cfg, conv, ledger)
+
+    def _open_conversation(self, job_cfg: HeartbeatConfig) -> tuple[Conversation, JobLedger]:
+        """Read one job's journal (cutting a torn tail), feeding the mirror and a ledger.
+
+        Creates the journal when there is none; journals nothing.
         """
         ledger = JobLedger()
         opened: list[Conversation] = []
@@ -196,7 +248,15 @@ class Supervisor:
             )
 
         self.mirror.replay(job_cfg.name, read_once)
-        conv = opened[0]
+        return opened[0], ledger
+
+    def _register_job(
+        self, job_cfg: HeartbeatConfig, conv: Conversation, ledger: JobLedger
+    ) -> tuple[Trigger, str] | None:
+        """Settle the delivery fence, heal an interrupted turn and register the job.
+
+        Returns the beat to rerun at once (an interrupted turn), if any.
+        """
         conv.listeners.append(lambda _name, _seq, event: ledger.feed(event))
         conv.listeners.append(self.mirror.apply)
         log = self.log.bind(job=job_cfg.name)
