@@ -19,7 +19,6 @@ from daemon.history import load_history, render_history
 from daemon.keyring import Keyring, generate_key_file, resolve_key_path, rotate_key_file
 from daemon.logs import configure_logging
 from daemon.notify import SystemdNotifier
-from daemon.supervisor import Supervisor
 
 EXIT_CODES = """\
 exit codes:
@@ -147,6 +146,10 @@ def _load(config_path: Path | None) -> tuple[Config, Keyring]:
 def cmd_run(config_path: Path | None) -> int:
     path = config_path or default_config_path()
     config, keyring = _load(path)
+    # Imported once the config and key are known good: the supervisor pulls in the
+    # Agent SDK (most of a second), which a refused start and the other commands skip.
+    from daemon.supervisor import Supervisor  # noqa: PLC0415
+
     configure_logging(config.daemon.log_format)
     supervisor = Supervisor(config, keyring, SystemdNotifier(), config_path=path)
     return asyncio.run(supervisor.run())
