@@ -126,12 +126,15 @@ class StateLockedError(VigilError):
 
 
 class DirectoryError(VigilError):
-    """A directory vigil keeps its files in cannot be created or used."""
+    """A directory vigil keeps its files in (``key`` of the config) cannot be created
+    or written: ``path`` is the one that failed, ``detail`` the system's reason."""
 
     exit_code = 2
 
-    def __init__(self, path: Path, what: str, detail: str) -> None:
+    def __init__(self, path: Path, key: str, detail: str, config: Path | None = None) -> None:
         self.path = path
-        self.what = what
+        self.key = key
         self.detail = detail
-        super().__init__(f"{what} {path}: {detail}")
+        self.config = config
+        where = f"{config}: {key}" if config is not None else key
+        super().__init__(f"{where}: {path} cannot be created or written ({detail})")

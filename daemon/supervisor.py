@@ -107,16 +107,21 @@ class Supervisor:
         os.umask(0o077)
         try:
             self.layout.create()
+            self._lock.acquire()
         except OSError as exc:
-            where = Path(exc.filename) if exc.filename else self.layout.state_dir
-            raise DirectoryError(
-                where, "directory", f"cannot be created ({exc.strerror or exc})"
-            ) from None
-        self._lock.acquire()
+            raise self._directory_error(exc) from None
         try:
             return await self._run_locked()
         finally:
             self._lock.release()
+
+    def _directory_error(self, exc: OSError) -> DirectoryError:
+        where = Path(exc.filename) if exc.filename else self.layout.state_dir
+        state = self.layout.state_dir
+        # The directory itself, one inside it, or a missing parent created on its way.
+        ours = where.is_relative_to(state) or state.is_relative_to(where)
+        key = "daemon.state_dir" if ours else "daemon.runtime_dir"
+        return DirectoryError(where, key, exc.strerror or str(exc), self.config_path)
 
     async def _run_locked(self) -> int:
         loop = asyncio.get_running_loop()
