@@ -216,6 +216,8 @@ class Supervisor:
         ``search`` and ``sessions`` agree with the journals until the next start."""
         try:
             rebuild(self.mirror, self.layout.conversations, self.keyring)
+        except Exception as exc:  # the refusal's own error is the one to report
+            self.log.warning("mirror_not_rebuilt", error=str(exc), detail="run `vigil rebuild`")
         finally:
             self.mirror.close()
 
