@@ -202,10 +202,13 @@ def _load(config_path: Path | None) -> tuple[Config, Keyring]:
 
 def cmd_run(config_path: Path | None) -> int:
     from daemon.notify import SystemdNotifier  # noqa: PLC0415
-    from daemon.supervisor import Supervisor  # noqa: PLC0415
 
     path = config_path or default_config_path()
     config, keyring = _load(path)
+    # Imported once the config and key are known good: the supervisor pulls in the
+    # Agent SDK (most of a second), which a refused start and the other commands skip.
+    from daemon.supervisor import Supervisor  # noqa: PLC0415
+
     configure_logging(config.daemon.log_format)
     supervisor = Supervisor(config, keyring, SystemdNotifier(), config_path=path)
     return asyncio.run(supervisor.run())

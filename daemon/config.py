@@ -23,7 +23,7 @@ import re
 import tomllib
 import zoneinfo
 from collections.abc import Mapping, Sequence
-from datetime import date, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -185,6 +185,18 @@ def _directory(value: object, info: ValidationInfo) -> Path:
     return path
 
 
+def _creatable_directory(value: object, info: ValidationInfo) -> Path:
+    """A directory the daemon creates when missing; refused when a file is in the way."""
+    path = _path(value, info)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "" if probe == path else f" (so {path} cannot be created)"
+        raise _fail(f"{probe} is a file, not a directory{where}")
+    return path
+
+
 def _duration(value: object) -> timedelta:
     if isinstance(value, timedelta):
         return value
@@ -307,15 +319,31 @@ def normalize_crontab(expression: str) -> str:
     return " ".join([*fields[:4], weekdays])
 
 
+_CRON_SHAPE = (
+    'expected five fields (minute hour day-of-month month day-of-week), like "*/15 8-18 * * 1-5"'
+)
+# Any date a five-field expression can match recurs within 28 years (the calendar's
+# cycle), so one that matches nothing from here on never fires.
+_CRON_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
 def _cron(value: str) -> str:
+    fields = value.split()
+    if len(fields) == 5 and _standard_weekdays(fields[4]) is None:
+        raise _fail(
+            f"bad cron expression {value!r}: cannot read day-of-week {fields[4]!r}; use "
+            "0-7 (0 and 7 are Sunday) or sun-sat, ranges low to high, like 1-5 or mon,wed,fri"
+        )
     normalized = normalize_crontab(value)
     try:
-        CronTrigger.from_crontab(normalized, timezone="UTC")
+        trigger = CronTrigger.from_crontab(normalized, timezone=UTC)
     except ValueError as exc:
+        raise _fail(f"bad cron expression {value!r}: {exc}; {_CRON_SHAPE}") from None
+    if trigger.get_next_fire_time(None, _CRON_EPOCH) is None:
         raise _fail(
-            f"bad cron expression {value!r}: {exc}; expected five fields "
-            '(minute hour day-of-month month day-of-week), like "*/15 8-18 * * 1-5"'
-        ) from None
+            f"cron expression {value!r} never fires: no date has that day of the month "
+            "in those months"
+        )
     return normalized
 
 
@@ -355,7 +383,8 @@ def _prompt_file(value: object, info: ValidationInfo) -> object:
     try:
         text = _read_text(path, f"prompt file {path}")
     except ValueError as exc:
-        raise _fail(f"{exc}{_note(value)}") from None
+        note = "" if path.exists() else _note(value)  # where it was looked for, if missing
+        raise _fail(f"{exc}{note}") from None
     return PromptFile(path, text)  # empty is fine: the beat is skipped (empty_prompt)
 
 
@@ -389,6 +418,7 @@ def _sink_name(value: str) -> str:
 
 
 ConfigPath = Annotated[Path, BeforeValidator(_path)]
+DataDirectory = Annotated[Path, BeforeValidator(_creatable_directory)]
 Directory = Annotated[Path, BeforeValidator(_directory)]
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 Text = Annotated[str, AfterValidator(_not_blank)]
@@ -413,8 +443,8 @@ class DaemonConfig(BaseModel):
 
     model_config = _MODEL_CONFIG
 
-    state_dir: ConfigPath = Path("/var/lib/vigil")
-    runtime_dir: ConfigPath = Path("/run/vigil")
+    state_dir: DataDirectory = Path("/var/lib/vigil")
+    runtime_dir: DataDirectory = Path("/run/vigil")
     key_file: ConfigPath = Path("/etc/vigil/vigil.key")
     fsync: FsyncPolicy = "turn"
     log_format: LogFormat = "json"

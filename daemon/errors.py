@@ -71,8 +71,9 @@ class JournalVersionError(VigilError):
         self.version = version
         self.supported = supported
         super().__init__(
-            f"journal {path}: line {line}: format version {version!r} is newer than this "
-            f"vigil understands (up to {supported}); upgrade vigil. Nothing was changed"
+            f"journal {path}: line {line}: written by a newer vigil (format {version!r}); "
+            f"this vigil reads formats up to {supported}. Nothing was changed; upgrade vigil "
+            "to read it"
         )
 
 
@@ -132,3 +133,18 @@ class ForkRefusedError(VigilError):
     def __init__(self, problem: str) -> None:
         self.problem = problem
         super().__init__(f"fork refused: {problem}; nothing was written")
+
+
+class DirectoryError(VigilError):
+    """A directory vigil keeps its files in (``key`` of the config) cannot be created
+    or written: ``path`` is the one that failed, ``detail`` the system's reason."""
+
+    exit_code = 2
+
+    def __init__(self, path: Path, key: str, detail: str, config: Path | None = None) -> None:
+        self.path = path
+        self.key = key
+        self.detail = detail
+        self.config = config
+        where = f"{config}: {key}" if config is not None else key
+        super().__init__(f"{where}: {path} cannot be created or written ({detail})")

@@ -10,6 +10,7 @@ from daemon.heal import ConversationView, ForkOrigin, TurnView, fold
 from daemon.journal import read_events
 from daemon.keyring import Keyring
 from daemon.layout import Layout
+from daemon.verify import daemon_running
 
 
 def existing_journal(config: Config, name: str) -> Path:
@@ -25,7 +26,12 @@ def existing_journal(config: Config, name: str) -> Path:
 
 
 def load_conversation(config: Config, keyring: Keyring, name: str) -> ConversationView:
-    return fold(read_events(existing_journal(config, name), name, keyring))
+    """The conversation folded. While a daemon runs, an unfinished last turn is the one
+    it is running (``running``); with none, it was cut off (``interrupted``)."""
+    path = existing_journal(config, name)
+    live = daemon_running(config.daemon.state_dir)
+    events = read_events(path, name, keyring)
+    return fold(events, open_turn_status="running" if live else "interrupted")
 
 
 def load_history(config: Config, keyring: Keyring, name: str) -> list[TurnView]:

@@ -49,6 +49,8 @@ from daemon.keyring import Keyring
 
 JOURNAL_SUFFIX = ".jsonl"
 _RECORD_START = b'{"v":'
+#: ``Tail.reason`` of a last line without its newline: a torn write, or one in progress.
+INCOMPLETE_LAST_LINE = "incomplete last line"
 
 
 class FsyncPolicy(StrEnum):
@@ -110,7 +112,7 @@ def scan(
             start, offset = offset, offset + len(raw)
             if not raw.endswith(b"\n"):
                 if first_bad is None:
-                    first_bad = (lineno, start, None, "incomplete last line")
+                    first_bad = (lineno, start, None, INCOMPLETE_LAST_LINE)
                 damaged.append((lineno, raw))
                 break
             try:

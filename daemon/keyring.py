@@ -128,6 +128,8 @@ class Keyring:
 
     @classmethod
     def from_bytes(cls, raw: bytes, path: Path) -> Keyring:
+        if not raw.strip():
+            raise KeyFileError(path, "is empty (truncated?); restore it from a backup")
         try:
             doc = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -136,9 +138,16 @@ class Keyring:
             ) from None
         if not isinstance(doc, dict) or doc.get("format") != KEYRING_FORMAT:
             raise KeyFileError(path, "is not a vigil keyring (missing format marker)")
-        if doc.get("version") != KEYRING_VERSION:
+        version = doc.get("version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > KEYRING_VERSION:
             raise KeyFileError(
-                path, f"keyring version {doc.get('version')!r} is not supported (expected 1)"
+                path,
+                f"written by a newer vigil (keyring version {version}); this vigil reads "
+                f"version {KEYRING_VERSION}. Upgrade vigil to use it",
+            )
+        if version != KEYRING_VERSION:
+            raise KeyFileError(
+                path, f"keyring version {version!r} is not supported (expected {KEYRING_VERSION})"
             )
         keys = doc.get("keys")
         if not isinstance(keys, list) or not keys:

@@ -32,7 +32,7 @@ from daemon.beats import BeatResult, BeatRunner, ResumePoint
 from daemon.config import Config, ConfigError, HeartbeatConfig, load_config
 from daemon.control import SOCKET_NAME, ControlServer
 from daemon.conversation import Conversation, conversation_names, journal_path
-from daemon.errors import JournalFatalError, JournalWriteError, VigilError
+from daemon.errors import DirectoryError, JournalFatalError, JournalWriteError, VigilError
 from daemon.events import Event, Trigger
 from daemon.heartbeat import (
     Job,
@@ -48,7 +48,7 @@ from daemon.layout import Layout
 from daemon.lock import StateLock
 from daemon.logs import get_logger
 from daemon.mirror import Mirror
-from daemon.mirror_rebuild import journal_feed
+from daemon.mirror_rebuild import journal_feed, rebuild
 from daemon.notify import Notifier, run_watchdog, watchdog_interval
 from daemon.pool import ClientPool, LeaseTimeout
 from daemon.reload import daemon_changes, diff_jobs, reload_problems
@@ -104,6 +104,7 @@ class Supervisor:
             idle_timeout=daemon_cfg.client_idle_timeout.total_seconds(),
         )
         self._waiting: dict[str, asyncio.Task[None]] = {}  # beats waiting for a turn slot
+        self._last_extend = 0.0
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -112,12 +113,23 @@ class Supervisor:
         # Owner-only for everything this process and its CLI children create, whatever
         # umask we were started with (conversation text must not be group-readable).
         os.umask(0o077)
-        self.layout.create()
-        self._lock.acquire()
+        try:
+            self.layout.create()
+            self._lock.acquire()
+        except OSError as exc:
+            raise self._directory_error(exc) from None
         try:
             return await self._run_locked()
         finally:
             self._lock.release()
+
+    def _directory_error(self, exc: OSError) -> DirectoryError:
+        where = Path(exc.filename) if exc.filename else self.layout.state_dir
+        state = self.layout.state_dir
+        # The directory itself, one inside it, or a missing parent created on its way.
+        ours = where.is_relative_to(state) or state.is_relative_to(where)
+        key = "daemon.state_dir" if ours else "daemon.runtime_dir"
+        return DirectoryError(where, key, exc.strerror or str(exc), self.config_path)
 
     async def _run_locked(self) -> int:
         loop = asyncio.get_running_loop()
@@ -166,14 +178,33 @@ class Supervisor:
         return 0
 
     def _recover(self) -> dict[str, tuple[Trigger, str]]:
-        """Open, heal and preflight every job's conversation; returns beats to rerun."""
-        started = last_extend = time.monotonic()
+        """Open, heal and preflight every job's conversation; returns beats to rerun.
+
+        Every journal is read before any is written to: a journal that refuses the
+        start (corrupt, from a newer vigil, under another key) stops it before anything
+        is journaled (no healed turn, no fenced delivery, no new empty journal), and
+        the derived mirror is left as a fresh rebuild would make it.
+        """
+        started = time.monotonic()
+        self._last_extend = started
+        opened: dict[str, tuple[Conversation, JobLedger]] = {}
+        # Existing journals first, so a new job's empty journal is created only once
+        # every existing one has been read.
+        order = sorted(self.config.heartbeats, key=lambda cfg: not self._has_journal(cfg.name))
+        try:
+            for job_cfg in order:
+                self._extend_start_timeout()
+                opened[job_cfg.name] = self._open_conversation(job_cfg)
+        except Exception:
+            for conv, _ in opened.values():
+                conv.close()
+            self._restore_mirror()
+            raise
         replays: dict[str, tuple[Trigger, str]] = {}
         for job_cfg in self.config.heartbeats:
-            if time.monotonic() - last_extend > EXTEND_EVERY_S:
-                self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_EVERY_S * 4 * 1e6)}")
-                last_extend = time.monotonic()
-            replay = self._open_job(job_cfg)
+            self._extend_start_timeout()
+            conv, ledger = opened[job_cfg.name]
+            replay = self._register_job(job_cfg, conv, ledger)
             if replay is not None:
                 replays[job_cfg.name] = replay
         self._mirror_jobless()
@@ -195,10 +226,37 @@ class Supervisor:
             except VigilError as exc:
                 self.log.warning("mirror_left_out", conversation=name, error=str(exc))
 
+    def _extend_start_timeout(self) -> None:
+        if time.monotonic() - self._last_extend > EXTEND_EVERY_S:
+            self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_EVERY_S * 4 * 1e6)}")
+            self._last_extend = time.monotonic()
+
+    def _has_journal(self, name: str) -> bool:
+        return journal_path(self.layout.conversations, name).exists()
+
+    def _restore_mirror(self) -> None:
+        """After a refused start: the mirror as ``vigil rebuild`` would leave it (the
+        journals that cannot be read left out), not half purged, so ``vigil verify``,
+        ``search`` and ``sessions`` agree with the journals until the next start."""
+        try:
+            rebuild(self.mirror, self.layout.conversations, self.keyring)
+        except Exception as exc:  # the refusal's own error is the one to report
+            self.log.warning("mirror_not_rebuilt", error=str(exc), detail="run `vigil rebuild`")
+        finally:
+            self.mirror.close()
+
     def _open_job(self, job_cfg: HeartbeatConfig) -> tuple[Trigger, str] | None:
         """Open and heal one job's conversation, settle its delivery fence, register it.
 
         Returns the beat to rerun at once (an interrupted turn), if any.
+        """
+        conv, ledger = self._open_conversation(job_cfg)
+        return self._register_job(job_cfg, conv, ledger)
+
+    def _open_conversation(self, job_cfg: HeartbeatConfig) -> tuple[Conversation, JobLedger]:
+        """Read one job's journal (cutting a torn tail), feeding the mirror and a ledger.
+
+        Creates the journal when there is none; journals nothing.
         """
         ledger = JobLedger()
         opened: list[Conversation] = []
@@ -221,7 +279,15 @@ class Supervisor:
             )
 
         self.mirror.replay(job_cfg.name, read_once)
-        conv = opened[0]
+        return opened[0], ledger
+
+    def _register_job(
+        self, job_cfg: HeartbeatConfig, conv: Conversation, ledger: JobLedger
+    ) -> tuple[Trigger, str] | None:
+        """Settle the delivery fence, heal an interrupted turn and register the job.
+
+        Returns the beat to rerun at once (an interrupted turn), if any.
+        """
         conv.listeners.append(lambda _name, _seq, event: ledger.feed(event))
         conv.listeners.append(self.mirror.apply)
         log = self.log.bind(job=job_cfg.name)

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from daemon.conversation import conversation_names, journal_path
 from daemon.errors import JournalCorruptError, JournalVersionError, WrongKeyError
 from daemon.framing import decode_payload
-from daemon.journal import JOURNAL_SUFFIX, Visitor, scan
+from daemon.journal import INCOMPLETE_LAST_LINE, JOURNAL_SUFFIX, Visitor, scan
 from daemon.keyring import Keyring
 from daemon.layout import Layout
 from daemon.lock import LOCK_NAME
@@ -62,11 +62,15 @@ class JournalFinding:
 
 @dataclass(frozen=True)
 class JournalCheck:
+    """One journal's scan. ``writing``: its last line was incomplete while a daemon
+    ran, which is a record being appended (not counted, and not damage)."""
+
     path: str
     stream: str
     records: int
     last_seq: int
     finding: JournalFinding | None
+    writing: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +78,7 @@ class JournalCheck:
             "stream": self.stream,
             "records": self.records,
             "last_seq": self.last_seq,
+            "writing": self.writing,
             "finding": self.finding.as_json() if self.finding else None,
         }
 
@@ -146,9 +151,11 @@ class VerifyReport:
         }
 
     def render(self) -> str:
+        writing = sum(j.writing for j in self.journals)
         lines = [
             f"journals: {len(self.journals)} files, {self.records} records authenticated, "
             f"{len(self.findings)} with problems"
+            + (f" ({writing} being written by the daemon, not counted)" if writing else "")
         ]
         lines += [f"  {f.describe()}" for f in self.findings]
         if self.mirror_state == "absent":
@@ -201,10 +208,12 @@ def verify(
     for name in conversation_names(layout.conversations):
         path = journal_path(layout.conversations, name)
         limit = None if upto is None else upto.get(name, 0)
-        report.journals.append(_check_conversation(rebuilt, path, name, keyring, limit))
+        report.journals.append(
+            _check_conversation(rebuilt, path, name, keyring, limit, live=report.daemon_running)
+        )
     for path in sorted(layout.transcripts.glob(f"*{JOURNAL_SUFFIX}")):
         stream = f"t:{path.name[: -len(JOURNAL_SUFFIX)]}"
-        report.journals.append(check_journal(path, stream, keyring))
+        report.journals.append(check_journal(path, stream, keyring, live=report.daemon_running))
     if report.mirror_state == "unusable" or not mirror_path.exists():
         return report
     report.mirror_state = "compared"
@@ -219,7 +228,7 @@ def verify(
 
 
 def _check_conversation(
-    rebuilt: Mirror, path: Path, name: str, keyring: Keyring, limit: int | None
+    rebuilt: Mirror, path: Path, name: str, keyring: Keyring, limit: int | None, *, live: bool
 ) -> JournalCheck:
     """Authenticate one conversation journal while replaying it into ``rebuilt``."""
     result: list[JournalCheck] = []
@@ -229,7 +238,7 @@ def _check_conversation(
             if limit is None or fr.seq <= limit:
                 sink(fr.seq, decode_payload(fr.payload))
 
-        result.append(check_journal(path, name, keyring, visit))
+        result.append(check_journal(path, name, keyring, visit, live=live))
 
     rebuilt.replay(name, feed)
     check = result[0]
@@ -239,16 +248,24 @@ def _check_conversation(
 
 
 def check_journal(
-    path: Path, stream: str, keyring: Keyring, visit: Visitor | None = None
+    path: Path, stream: str, keyring: Keyring, visit: Visitor | None = None, *, live: bool = False
 ) -> JournalCheck:
-    """Scan one journal read-only; its problem, if any, becomes a finding."""
+    """Scan one journal read-only; its problem, if any, becomes a finding.
+
+    ``live``: a daemon is running, so an incomplete last line is a record it is
+    appending right now (it writes whole lines; a torn one is cut off when it opens
+    the journal), reported as ``writing`` rather than as a torn tail.
+    """
     shown = str(path)
     try:
         res = scan(path, stream, keyring, visit)
     except JournalCorruptError as exc:
         return _failed(stream, JournalFinding(shown, "corrupt", exc.line, exc.seq, exc.problem))
     except JournalVersionError as exc:
-        detail = f"format version {exc.version!r}"
+        detail = (
+            f"written by a newer vigil (format {exc.version!r}); this vigil reads formats "
+            f"up to {exc.supported}"
+        )
         return _failed(stream, JournalFinding(shown, "newer_format", exc.line, None, detail))
     except WrongKeyError as exc:
         detail = f"key id {exc.key_id!r} is not in the keyring {exc.keyring}"
@@ -256,6 +273,8 @@ def check_journal(
     except (OSError, ValueError) as exc:  # unreadable file; undecodable payload
         return _failed(stream, JournalFinding(shown, "unreadable", None, None, str(exc)))
     finding = None
+    if res.tail is not None and live and res.tail.reason == INCOMPLETE_LAST_LINE:
+        return JournalCheck(shown, stream, res.records, res.last_seq, None, writing=True)
     if res.tail is not None:
         finding = JournalFinding(
             shown,

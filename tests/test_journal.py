@@ -491,7 +491,7 @@ def test_a_newer_format_version_asks_for_an_upgrade(tmp_path: Path, index: int) 
     err = _unchanged_after_refusal(path, JournalVersionError)
     assert isinstance(err, JournalVersionError)
     assert (err.line, err.version) == (index + 1, 2)
-    assert f"line {index + 1}" in str(err) and "upgrade vigil" in str(err)
+    assert f"line {index + 1}" in str(err) and "written by a newer vigil (format 2)" in str(err)
 
 
 # --- write and fsync failures ------------------------------------------------------------
