@@ -137,14 +137,12 @@ class Conversation:
         folded: Folded,
         *,
         fsync: FsyncPolicy,
-    ) -> Conversation:
+    ) -> Conversation | None:
         """Open a journal another process has just read and folded (start-up's parallel
-        read), without reading it again; a file that changed since is read again."""
+        read), without reading it again; ``None`` if the file changed since."""
         path = journal_path(directory, name)
         journal = Journal.open_scanned(path, name, keyring, folded.scan, folded.size, fsync=fsync)
-        if journal is None:
-            return cls.open(directory, name, keyring, fsync=fsync)
-        return cls(name, journal, folded.state)
+        return None if journal is None else cls(name, journal, folded.state)
 
     @property
     def tail_cut(self) -> TailCut | None:

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
-import itertools
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,9 @@ from daemon.agent import AgentSession
 from daemon.beats import BeatResult, BeatRunner, ResumePoint
 from daemon.config import Config, ConfigError, HeartbeatConfig, load_config
 from daemon.control import SOCKET_NAME, ControlServer
-from daemon.conversation import Conversation, conversation_names, journal_path
+from daemon.conversation import Conversation, journal_path
 from daemon.errors import DirectoryError, JournalFatalError, JournalWriteError, VigilError
-from daemon.events import Event, Trigger
+from daemon.events import Trigger
 from daemon.heartbeat import (
     Job,
     JournalDeliveryLog,
@@ -48,9 +47,11 @@ from daemon.layout import Layout
 from daemon.lock import StateLock
 from daemon.logs import get_logger
 from daemon.mirror import Mirror
-from daemon.mirror_rebuild import journal_feed, rebuild
+from daemon.mirror_live import LiveMirror
+from daemon.mirror_rebuild import rebuild
 from daemon.notify import Notifier, run_watchdog, watchdog_interval
 from daemon.pool import ClientPool, LeaseTimeout
+from daemon.recovery_read import Folded, fold_all, worker_count
 from daemon.reload import daemon_changes, diff_jobs, reload_problems
 from daemon.scheduler import BeatScheduler
 from daemon.store import JournalSessionStore
@@ -97,6 +98,7 @@ class Supervisor:
         self._lock = StateLock(self.layout.state_dir)
         self._scheduler = BeatScheduler(self._on_due)
         self._spec_env: dict[str, str] = {}
+        self._read_workers = 1
         daemon_cfg = config.daemon
         self.pool = ClientPool(
             max_live=daemon_cfg.max_live_clients,
@@ -143,15 +145,17 @@ class Supervisor:
         self._spec_env = self.layout.cli_env(
             self.environ, max_retries=self.config.daemon.model_max_retries
         )
-        # The mirror is derived: rebuilt from the journals at every start, during the
-        # one read recovery makes anyway (purge and replay, never patch).
-        self.mirror = Mirror.open(self.config.daemon.mirror_file)
-        self.mirror.purge(None)
+        # The mirror is derived: rebuilt from the journals at every start, in the
+        # background once READY is out (purge and replay, never patch).
+        self.mirror = LiveMirror(
+            self.config.daemon.mirror_file, self.layout.conversations, self.keyring
+        )
         replays = self._recover()
         control = ControlServer(self.layout.runtime_dir / SOCKET_NAME, self)
         await control.start()
         self.notifier.notify("READY=1\nSTATUS=" + self.status_line())
         self.log.info("ready", jobs=sorted(self.jobs), state_dir=str(self.layout.state_dir))
+        mirroring = asyncio.create_task(self.mirror.build(self._read_workers), name="mirror")
         watchdog = self._start_watchdog()
         catch_ups = [n for n in list(self.jobs) if self._schedule_new(n, replaying=n in replays)]
         self._scheduler.start()
@@ -166,8 +170,10 @@ class Supervisor:
         reloader.cancel()
         reaper.cancel()
         await self._drain()
+        await mirroring  # a rebuild in progress finishes: the mirror is left complete
         flusher.cancel()
         await control.stop()
+        self.mirror.flush()
         self.mirror.close()
         if watchdog is not None:
             watchdog.cancel()
@@ -191,10 +197,17 @@ class Supervisor:
         # Existing journals first, so a new job's empty journal is created only once
         # every existing one has been read.
         order = sorted(self.config.heartbeats, key=lambda cfg: not self._has_journal(cfg.name))
+        existing = [
+            (path, cfg.name)
+            for cfg in order
+            if (path := journal_path(self.layout.conversations, cfg.name)).exists()
+        ]
+        self._read_workers = worker_count(path for path, _ in existing)
         try:
+            folded = fold_all(existing, self.keyring, self._read_workers)
             for job_cfg in order:
                 self._extend_start_timeout()
-                opened[job_cfg.name] = self._open_conversation(job_cfg)
+                opened[job_cfg.name] = self._open_conversation(job_cfg, folded.get(job_cfg.name))
         except Exception:
             for conv, _ in opened.values():
                 conv.close()
@@ -207,24 +220,13 @@ class Supervisor:
             replay = self._register_job(job_cfg, conv, ledger)
             if replay is not None:
                 replays[job_cfg.name] = replay
-        self._mirror_jobless()
         self.log.info(
-            "recovered", jobs=len(self.jobs), seconds=round(time.monotonic() - started, 3)
+            "recovered",
+            jobs=len(self.jobs),
+            workers=self._read_workers,
+            seconds=round(time.monotonic() - started, 3),
         )
         return replays
-
-    def _mirror_jobless(self) -> None:
-        """Replay, read-only, the journals no job owns (a removed job's, a fork not yet
-        configured) into the mirror, so it holds every conversation as a rebuild does."""
-        jobs = {job.name for job in self.config.heartbeats}
-        for name in conversation_names(self.layout.conversations):
-            if name in jobs:
-                continue
-            path = journal_path(self.layout.conversations, name)
-            try:
-                self.mirror.replay(name, journal_feed(path, name, self.keyring))
-            except VigilError as exc:
-                self.log.warning("mirror_left_out", conversation=name, error=str(exc))
 
     def _extend_start_timeout(self) -> None:
         if time.monotonic() - self._last_extend > EXTEND_EVERY_S:
@@ -239,47 +241,38 @@ class Supervisor:
         journals that cannot be read left out), not half purged, so ``vigil verify``,
         ``search`` and ``sessions`` agree with the journals until the next start."""
         try:
-            rebuild(self.mirror, self.layout.conversations, self.keyring)
+            mirror = Mirror.open(self.config.daemon.mirror_file)
+            try:
+                rebuild(mirror, self.layout.conversations, self.keyring)
+            finally:
+                mirror.close()
         except Exception as exc:  # the refusal's own error is the one to report
             self.log.warning("mirror_not_rebuilt", error=str(exc), detail="run `vigil rebuild`")
-        finally:
-            self.mirror.close()
 
     def _open_job(self, job_cfg: HeartbeatConfig) -> tuple[Trigger, str] | None:
         """Open and heal one job's conversation, settle its delivery fence, register it.
 
         Returns the beat to rerun at once (an interrupted turn), if any.
         """
-        conv, ledger = self._open_conversation(job_cfg)
+        conv, ledger = self._open_conversation(job_cfg, None)
         return self._register_job(job_cfg, conv, ledger)
 
-    def _open_conversation(self, job_cfg: HeartbeatConfig) -> tuple[Conversation, JobLedger]:
-        """Read one job's journal (cutting a torn tail), feeding the mirror and a ledger.
+    def _open_conversation(
+        self, job_cfg: HeartbeatConfig, folded: Folded | None
+    ) -> tuple[Conversation, JobLedger]:
+        """Open one job's journal (cutting a torn tail), with its state and ledger:
+        from ``folded`` (read by a worker) without reading it again, else by reading it.
 
         Creates the journal when there is none; journals nothing.
         """
-        ledger = JobLedger()
-        opened: list[Conversation] = []
-
-        def read_once(sink: Callable[[int, Event], None]) -> None:
-            seqs = itertools.count(1)
-
-            def visit(event: Event) -> None:
-                ledger.feed(event)
-                sink(next(seqs), event)
-
-            opened.append(
-                Conversation.open(
-                    self.layout.conversations,
-                    job_cfg.name,
-                    self.keyring,
-                    fsync=self.fsync,
-                    visit=visit,
-                )
-            )
-
-        self.mirror.replay(job_cfg.name, read_once)
-        return opened[0], ledger
+        directory, name = self.layout.conversations, job_cfg.name
+        if folded is not None:
+            conv = Conversation.open_folded(directory, name, self.keyring, folded, fsync=self.fsync)
+            if conv is not None:
+                return conv, folded.ledger
+        ledger = JobLedger()  # not read yet, or changed since the worker read it
+        conv = Conversation.open(directory, name, self.keyring, fsync=self.fsync, visit=ledger.feed)
+        return conv, ledger
 
     def _register_job(
         self, job_cfg: HeartbeatConfig, conv: Conversation, ledger: JobLedger
@@ -434,17 +427,9 @@ class Supervisor:
         )
 
     async def _flush_mirror_loop(self) -> None:
-        reported = False
         while True:
             await asyncio.sleep(MIRROR_FLUSH_S)
-            self.mirror.flush()
-            if self.mirror.error is not None and not reported:
-                reported = True
-                self.log.error(
-                    "mirror_failed",
-                    error=str(self.mirror.error),
-                    fix="the journals are intact; `vigil rebuild` or a restart rebuilds it",
-                )
+            self.mirror.flush()  # a failure is logged once, by the mirror
 
     async def _reap_loop(self) -> None:
         """Let go of clients whose CLI died, and of clients idle past the timeout."""
@@ -554,6 +539,7 @@ class Supervisor:
                 "evictions": self.pool.evictions,
             },
             "degraded": self.degraded,
+            "mirror": self.mirror.phase,
             "jobs": jobs,
         }
 
