@@ -127,7 +127,14 @@ def cmd_status(config: Config, layout: Layout, *, as_json: bool) -> int:
         print(json.dumps({"running": True, **status}, indent=2))
         return 0
     print(f"vigil running (pid {status['pid']}): {status['status']}")
-    print(f"live clients: {status['live_clients']}")
+    pool = status.get("pool") or {}
+    print(
+        f"clients: {status['live_clients']} live of {pool.get('max_live_clients', '?')}; "
+        f"turns: {pool.get('turns_running', 0)} running of "
+        f"{pool.get('max_concurrent_turns', '?')}, {pool.get('beats_waiting', 0)} waiting; "
+        f"evictions: {pool.get('evictions', 0)}"
+    )
+    print(f"mirror: {status.get('mirror', '?')}")
     for job in status["jobs"]:
         last = job["last_outcome"] or "-"
         if job["last_reason"]:
