@@ -89,21 +89,18 @@ def rebuild(
     """
     started = time.perf_counter()
     present = conversation_names(journals_dir)
+    chosen = present if names is None else list(dict.fromkeys(names))
+    known = set(present)
+    for name in chosen:
+        if name not in known:
+            raise UnknownJobError(name, present)
+    jobs: list[Job] = [
+        (journal_path(journals_dir, name), name, None if upto is None else upto.get(name))
+        for name in chosen
+    ]
     if names is None:
-        jobs: list[Job] = [
-            (journal_path(journals_dir, name), name, None if upto is None else upto.get(name))
-            for name in present
-        ]
         stats = _rebuild_all(mirror, jobs, keyring, progress, workers=workers)
     else:
-        chosen = list(dict.fromkeys(names))
-        for name in chosen:
-            if name not in present:
-                raise UnknownJobError(name, present)
-        jobs = [
-            (journal_path(journals_dir, name), name, None if upto is None else upto.get(name))
-            for name in chosen
-        ]
         stats = _rebuild_each(mirror, jobs, keyring, progress)
     stats.seconds = time.perf_counter() - started
     return stats
@@ -114,7 +111,8 @@ def _rebuild_all(
 ) -> RebuildStats:
     report = _Reporter(progress, [path for path, _, _ in jobs])
     stats = RebuildStats()
-    pool = WorkerPool(keyring.entries, workers) if workers > 1 and len(jobs) > 1 else None
+    workers = min(workers, len(jobs))
+    pool = WorkerPool(keyring.entries, workers) if workers > 1 else None
     try:
         with mirror.bulk_load() as load:  # the journals are read after it took the lock
             folded: Iterator[ConvRows | None] = (
@@ -122,8 +120,9 @@ def _rebuild_all(
             )
             for (path, name, limit), folded_rows in zip(jobs, folded, strict=False):
                 try:
-                    # None: in this process, or a worker failed (then it raises here)
-                    rows = folded_rows or fold_journal(path, name, keyring, limit)
+                    rows = folded_rows
+                    if rows is None:  # in this process, or a worker failed: raise it here
+                        rows = fold_journal(path, name, keyring, limit)
                     load.add(rows)
                     stats.records += rows.records
                     stats.conversations += 1

@@ -9,7 +9,8 @@ the daemon's heavier imports: worker processes import this module and little els
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -57,43 +58,45 @@ def fold_journal(path: Path, name: str, keyring: Keyring, limit: int | None = No
     Every record is authenticated, also those after ``limit``.
     """
     try:
-        return fold_payloads(name, _chunks(read_payloads(path, name, keyring), limit))
+        fold = _Fold(name, limit)
+        for chunk in read_payloads(path, name, keyring):
+            fold.add(chunk)
     except NotPlain:
-        payloads: list[bytes] = []
-        scan(path, name, keyring, lambda fr: payloads.append(fr.payload))
-        return fold_payloads(name, [payloads[:limit]])
+        fold = _Fold(name, limit)
+        scan(path, name, keyring, lambda fr: fold.add([fr.payload]))
+    return fold.rows()
 
 
-def _chunks(chunks: Iterable[list[bytes]], limit: int | None) -> Iterator[list[bytes]]:
-    """``chunks`` cut after ``limit`` records, every chunk still read (authenticated)."""
-    left = limit
-    for chunk in chunks:
-        if left is None:
-            yield chunk
-        elif left > 0:
-            yield chunk[:left]
-            left -= min(left, len(chunk))
+class _Fold:
+    """A conversation folded from a fresh start, a chunk of payloads at a time."""
 
+    def __init__(self, name: str, limit: int | None) -> None:
+        self.state = ConvState(name)
+        self.limit = limit
+        self.records = 0  # folded, at most ``limit``
+        self._loader = _NoRows()
 
-def fold_payloads(name: str, chunks: Iterable[list[bytes]]) -> ConvRows:
-    """The rows of conversation ``name`` whose record payloads, in sequence order from
-    1, are ``chunks`` concatenated."""
-    state = ConvState(name)
-    loader = _NoRows()
-    seq = 0
-    for chunk in chunks:
-        for payload in chunk:
+    def add(self, payloads: Iterable[bytes]) -> None:
+        state, loader = self.state, self._loader
+        seq = self.records
+        if self.limit is not None:
+            payloads = islice(payloads, max(0, self.limit - seq))
+        for payload in payloads:
             seq += 1
             fold_event(state, seq, decode_payload(payload), loader)
-    state.last_seq = seq
-    if not seq:  # an empty journal has no rows, live or rebuilt
-        return ConvRows(name, 0, None, [], [], [], [])
-    return ConvRows(
-        name,
-        seq,
-        state.row(),
-        [t.row(name) for t in state.turns.values()],
-        [tool.row(name) for tool in state.tools.values()],
-        list(state.skips),
-        [d.row(name) for d in state.deliveries.values()],
-    )
+        self.records = seq
+
+    def rows(self) -> ConvRows:
+        state, name = self.state, self.state.name
+        if not self.records:  # an empty journal has no rows, live or rebuilt
+            return ConvRows(name, 0, None, [], [], [], [])
+        state.last_seq = self.records
+        return ConvRows(
+            name,
+            self.records,
+            state.row(),
+            [t.row(name) for t in state.turns.values()],
+            [tool.row(name) for tool in state.tools.values()],
+            list(state.skips),
+            [d.row(name) for d in state.deliveries.values()],
+        )

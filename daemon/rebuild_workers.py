@@ -13,6 +13,7 @@ are out at once, so memory stays bounded when inserting is slower than folding.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -121,10 +122,14 @@ class WorkerPool:
             done[index] = rows
 
     def close(self) -> None:
-        """Ask every worker to stop (they also stop when the parent goes away)."""
+        """Stop every worker: asked to when idle, terminated when it still has jobs (the
+        caller gave up: an error, Ctrl-C). They also stop when the parent goes away."""
         for w in self._workers:
-            with suppress(OSError):  # already gone
-                w.conn.send(None)
+            if w.queued:
+                w.process.terminate()
+            else:
+                with suppress(OSError):  # already gone
+                    w.conn.send(None)
             w.conn.close()
         for w in self._workers:
             try:
@@ -163,6 +168,7 @@ def _start(entries: list[KeyEntry]) -> _Worker:
 
 def serve(fd: int) -> None:
     """A worker's life: the keyring, then jobs until ``None`` or the parent is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     conn = Connection(fd)
     try:
         keyring = Keyring(conn.recv())
