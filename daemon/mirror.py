@@ -11,7 +11,8 @@ Tables:
   the record's sequence, with the skip's extra facts), ``deliveries`` (one row per
   reply and sink, keyed by its ``delivery`` id: the fence's last word, attempts, error)
 * ``turns_fts``: an FTS5 index over turns' prompts and replies (external content,
-  kept in step explicitly whenever a turn row is written or deleted)
+  kept in step explicitly whenever a turn row is written or deleted, and built in one
+  pass after a full rebuild's inserts, see :meth:`Mirror.bulk_load`)
 
 Contract of :meth:`Mirror.apply` (the daemon calls it as a ``Conversation`` listener,
 after each journal append):
@@ -43,7 +44,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -513,7 +514,8 @@ class Mirror:
         self.gaps = 0
         # The WAL now holds about the whole database (copied into it at the commit):
         # give the space back now rather than at the last close. Best effort.
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with suppress(sqlite3.OperationalError):
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _begin_waiting(self) -> None:
         """BEGIN IMMEDIATE, waiting up to :data:`BULK_WAIT_MS` for another writer: a purge

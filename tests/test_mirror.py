@@ -635,6 +635,7 @@ def test_a_full_rebuild_while_the_daemon_applies(tmp_path: Path) -> None:
     cli = Mirror.open(path, busy_timeout_ms=1000)
     stats = rebuild(cli, tmp_path / "conversations", KEYRING, progress=meanwhile, workers=2)
     assert stats.errors == []
+    assert path.with_name(path.name + "-wal").stat().st_size == 0  # the space given back
     assert daemon.flush() is True
     expected = Mirror.open(":memory:")
     rebuild(expected, tmp_path / "conversations", KEYRING)
