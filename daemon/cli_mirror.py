@@ -67,14 +67,16 @@ def add_commands(
         help="purge the derived mirror and replay it from the journals",
         description="Deletes the mirror's rows (all, or one conversation's) and replays them "
         "from the encrypted journals: a progress bar on a terminal, one summary line "
-        "otherwise. Safe while the daemon runs (its updates wait for each conversation).",
+        "otherwise. Safe while the daemon runs: all conversations are replaced in one "
+        "transaction (the daemon's updates wait for it); one conversation in its own.",
     )
     p.add_argument("name", nargs="?", help="only this conversation")
     p.add_argument(
         "--workers",
         type=int,
         default=None,
-        help="processes decrypting in parallel (default: one per CPU, up to 8, "
+        help="processes decrypting and folding in parallel for a full rebuild "
+        "(default: one per CPU, up to 8, "
         f"for more than {PARALLEL_BYTES >> 20} MB of journals)",
     )
     p.add_argument("--config", type=Path, default=None, help=config_help)

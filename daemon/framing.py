@@ -17,6 +17,7 @@ import binascii
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -31,7 +32,10 @@ STREAM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 # Made once: json.dumps/loads with non-default arguments build a new coder per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-_DECODE = json.JSONDecoder().decode
+_DECODER = json.JSONDecoder()
+_DECODE = _DECODER.decode
+# The C scanner ``decode`` calls (set by JSONDecoder.__init__; typeshed omits it).
+_SCAN_ONCE: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 # The last base64 character before "=" / "==" carries 2 / 4 unused bits; canonical
 # encodings leave them zero. Other values decode to the same bytes, so a line edited
 # that way would still authenticate: refuse them like any other edit.
@@ -77,6 +81,12 @@ def check_stream_id(stream_id: str) -> str:
 
 def associated_data(version: int, stream_id: str, seq: int, key_id: str) -> bytes:
     return f"vigil-journal\x00{version}\x00{stream_id}\x00{seq}\x00{key_id}".encode()
+
+
+def associated_data_prefix(version: int, stream_id: str) -> bytes:
+    """What every record's associated data of one stream starts with; the sequence
+    and key id follow: ``prefix + b"12" + b"\\x00" + b"3f9a0c1e"``."""
+    return f"vigil-journal\x00{version}\x00{stream_id}\x00".encode()
 
 
 def seal(keyring: Keyring, stream_id: str, seq: int, payload: bytes) -> bytes:
@@ -181,7 +191,13 @@ def _canonical_base64(text: str) -> bool:
 
 
 def decode_payload(payload: bytes) -> dict[str, Any]:
-    obj = _DECODE(payload.decode("utf-8"))
+    text = payload.decode("utf-8")
+    try:
+        obj, end = _SCAN_ONCE(text, 0)
+    except (ValueError, StopIteration):
+        end = -1
+    if end != len(text):  # whitespace around it, or not JSON: as ``json.loads`` decides
+        obj = _DECODE(text)
     if not isinstance(obj, dict):
         raise ValueError("journal payload is not a JSON object")
     return obj

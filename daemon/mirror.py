@@ -12,7 +12,8 @@ Tables:
   the record's sequence, with the skip's extra facts), ``deliveries`` (one row per
   reply and sink, keyed by its ``delivery`` id: the fence's last word, attempts, error)
 * ``turns_fts``: an FTS5 index over turns' prompts and replies (external content,
-  kept in step explicitly whenever a turn row is written or deleted)
+  kept in step explicitly whenever a turn row is written or deleted, and built in one
+  pass after a full rebuild's inserts, see :meth:`Mirror.bulk_load`)
 
 Contract of :meth:`Mirror.apply` (the daemon calls it as a ``Conversation`` listener,
 after each journal append):
@@ -43,7 +44,8 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,7 +63,9 @@ from daemon.mirror_fold import (
     TurnState,
     fold_event,
 )
+from daemon.mirror_rows import ConvRows
 from daemon.mirror_schema import (
+    CONVERSATION_INSERT,
     CONVERSATION_UPSERT,
     DELIVERY_INSERT,
     DUMP_COLUMNS,
@@ -69,11 +73,14 @@ from daemon.mirror_schema import (
     FTS_ADD_TURN,
     FTS_DELETE_CONVERSATION,
     FTS_DELETE_TURN,
+    FTS_REBUILD,
+    INDEXES,
     SCHEMA,
     SCHEMA_VERSION,
     SKIP_INSERT,
     TABLES,
     TOOL_CALL_INSERT,
+    TURN_INSERT,
     TURN_UPSERT,
 )
 
@@ -266,20 +273,31 @@ class Mirror:
         """Drop every table and create the schema afresh (in one transaction)."""
         self._begin_waiting()
         try:
-            for table in TABLES:
-                self.db.execute(f"DROP TABLE IF EXISTS {table}")
-            for statement in _statements(SCHEMA):
-                self.db.execute(statement)
-            self.db.execute(
-                "INSERT INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-            )
+            self._create_schema()
+            self._run_script(INDEXES)
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+        self._forget()
+
+    def _create_schema(self) -> None:
+        """Within a transaction: every table dropped and created empty, without the
+        secondary indexes (``INDEXES``, the caller's)."""
+        for table in TABLES:
+            self.db.execute(f"DROP TABLE IF EXISTS {table}")
+        self._run_script(SCHEMA)
+        self.db.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    def _forget(self) -> None:
+        """The rows were replaced: the cache holds nothing true any more."""
         self._convs.clear()
         self._dirty.clear()
         self._pending = 0
+
+    def _run_script(self, script: str) -> None:
+        for statement in _statements(script):
+            self.db.execute(statement)
 
     def close(self) -> None:
         if not self.readonly:
@@ -480,25 +498,36 @@ class Mirror:
         c.clean()
         return count
 
-    def adopt(self, state: ConvState) -> int:
-        """Purge ``state.name`` and write a conversation folded elsewhere from a fresh
-        start (a rebuild worker), in one transaction. Returns its record count."""
+    @contextmanager
+    def bulk_load(self) -> Iterator[BulkLoad]:
+        """Replace every row with those added to the :class:`BulkLoad`, in one transaction.
+
+        A full rebuild: the tables are dropped and created afresh, rows are inserted
+        without their secondary indexes and full-text index, which are then built once
+        from all of them. The write lock is taken first (waiting like a purge) and held
+        to the end, so the caller should read the journals inside the ``with``: a
+        running daemon's flushes wait meanwhile, and whatever it journals after the
+        read is still in its cache, to be written after. Readers see the old rows until
+        the commit. If the body raises, nothing changes.
+        """
         self._check_writable()
-        self.flush()
         self._begin_waiting()
         try:
-            self._delete_rows(state.name)
-            if state.last_seq:
-                self._write(state, index=False)
-                self.db.execute(FTS_ADD_CONVERSATION, (state.name,))
+            self._create_schema()
+            yield BulkLoad(self.db)
+            self._run_script(INDEXES)
+            self.db.execute(FTS_REBUILD)
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
-        count = state.pending
-        state.clean()
-        self._convs[state.name] = state
-        return count
+        self._forget()
+        self.error = None
+        self.gaps = 0
+        # The WAL now holds about the whole database (copied into it at the commit):
+        # give the space back now rather than at the last close. Best effort.
+        with suppress(sqlite3.OperationalError):
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _begin_waiting(self) -> None:
         """BEGIN IMMEDIATE, waiting up to :data:`BULK_WAIT_MS` for another writer: a purge
@@ -624,6 +653,27 @@ def _create_private(path: Path) -> None:
         os.fchmod(fd, FILE_MODE)
     finally:
         os.close(fd)
+
+
+class BulkLoad:
+    """Inserts a whole conversation's rows at a time (see :meth:`Mirror.bulk_load`)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def add(self, rows: ConvRows) -> None:
+        """Insert one conversation's rows: it must not have been added before."""
+        if rows.conversation is None:
+            return  # an empty journal has no rows
+        db = self._db
+        db.execute(CONVERSATION_INSERT, rows.conversation)
+        db.executemany(TURN_INSERT, rows.turns)
+        if rows.tool_calls:
+            db.executemany(TOOL_CALL_INSERT, rows.tool_calls)
+        if rows.skips:
+            db.executemany(SKIP_INSERT, rows.skips)
+        if rows.deliveries:
+            db.executemany(DELIVERY_INSERT, rows.deliveries)
 
 
 def events_feed(records: Iterable[tuple[int, Event]]) -> Feed:

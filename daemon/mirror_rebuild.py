@@ -1,22 +1,21 @@
 """Purge and replay: the mirror rebuilt from the journals (never patched).
 
-:func:`rebuild` replays every conversation (or the named ones), each in one
-transaction. With ``workers > 1`` the journals are decrypted, parsed and folded in
-that many processes while this one writes the rows: the same rows, since folding a
-conversation from a fresh start needs nothing from the database (tested against the
-serial path). Decrypting dominates a rebuild; workers are for ``vigil rebuild`` on a
-machine with idle cores, not for the daemon, which replays while it opens each
-journal anyway (see ``Mirror.replay``).
+:func:`rebuild` of everything replaces all rows in one transaction
+(``Mirror.bulk_load``): each journal is read with ``journal_bulk`` (every record
+authenticated) and folded into rows by ``mirror_rows.fold_journal``, in ``workers``
+processes (``rebuild_workers``) or in this one, while this process inserts them; the
+secondary and full-text indexes are built once at the end. Those rows are the ones
+the incremental path writes (tested row by row). A rebuild of named conversations
+takes that incremental path: each one purged and replayed in its own transaction
+(``Mirror.replay``), as the daemon does while it opens each journal at start.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterable, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,13 @@ from daemon.conversation import conversation_names, journal_path
 from daemon.errors import VigilError
 from daemon.framing import Frame, decode_payload
 from daemon.journal import scan
-from daemon.keyring import KeyEntry, Keyring
+from daemon.journal_bulk import NotPlain, read_payloads
+from daemon.keyring import Keyring
 from daemon.mirror import Feed, Mirror, Sink
-from daemon.mirror_fold import ConvState, DeliveryState, ToolState, TurnState, fold_event
+from daemon.mirror_rows import ConvRows, fold_journal
+from daemon.rebuild_workers import Job, WorkerPool
+
+AHEAD_PER_WORKER = 4  # conversations folded ahead of the inserts, per worker
 
 
 @dataclass(frozen=True)
@@ -76,144 +79,118 @@ def rebuild(
 ) -> RebuildStats:
     """Purge and replay from the journals: all conversations, or those in ``names``.
 
-    All: the whole mirror is purged first, so conversations whose journal is gone
-    disappear. A journal that cannot be read (corrupt, wrong key, newer format) is
-    left out and its error listed in the result; the others are rebuilt. A torn tail
-    (perhaps a record the daemon is writing right now) is not replayed. ``upto``
-    limits a conversation to its records up to a sequence number (``vigil verify``
-    compares with a running daemon's mirror that way). Raises ``UnknownJobError``
+    All: every row is replaced in one transaction, so conversations whose journal is
+    gone disappear; ``workers`` processes fold the journals (1: this process does).
+    A journal that cannot be read (corrupt, wrong key, newer format) is left out and
+    its error listed in the result; the others are rebuilt. A torn tail (perhaps a
+    record the daemon is writing right now) is not replayed. ``upto`` limits a
+    conversation to its records up to a sequence number. Raises ``UnknownJobError``
     for a name without a journal.
     """
     started = time.perf_counter()
     present = conversation_names(journals_dir)
+    chosen = present if names is None else list(dict.fromkeys(names))
+    known = set(present)
+    for name in chosen:
+        if name not in known:
+            raise UnknownJobError(name, present)
+    jobs: list[Job] = [
+        (journal_path(journals_dir, name), name, None if upto is None else upto.get(name))
+        for name in chosen
+    ]
     if names is None:
-        chosen = present
-        mirror.purge(None)
+        stats = _rebuild_all(mirror, jobs, keyring, progress, workers=workers)
     else:
-        chosen = list(dict.fromkeys(names))
-        for name in chosen:
-            if name not in present:
-                raise UnknownJobError(name, present)
-    paths = [journal_path(journals_dir, name) for name in chosen]
-    sizes = [p.stat().st_size for p in paths]
-    limits = [None if upto is None else upto.get(name) for name in chosen]
-    stats = RebuildStats()
-    done_bytes = 0
-    folded = _folded_elsewhere(paths, chosen, keyring, limits, workers)
-    try:
-        for i, (name, path) in enumerate(zip(chosen, paths, strict=True)):
-            state = next(folded) if folded is not None else None
-            try:
-                if state is not None:
-                    stats.records += mirror.adopt(state)
-                else:  # serially, or a worker failed: the error is raised here, with its type
-                    feed = journal_feed(path, name, keyring, limits[i])
-                    stats.records += mirror.replay(name, feed)
-                stats.conversations += 1
-            except VigilError as exc:
-                mirror.purge(name)
-                stats.errors.append(exc)
-            done_bytes += sizes[i]
-            if progress is not None:
-                total = sum(sizes)
-                progress(
-                    RebuildProgress(name, i + 1, len(chosen), stats.records, done_bytes, total)
-                )
-    finally:
-        if folded is not None:
-            folded.close()  # stops the workers
+        stats = _rebuild_each(mirror, jobs, keyring, progress)
     stats.seconds = time.perf_counter() - started
     return stats
 
 
+def _rebuild_all(
+    mirror: Mirror, jobs: list[Job], keyring: Keyring, progress: Progress | None, *, workers: int
+) -> RebuildStats:
+    report = _Reporter(progress, [path for path, _, _ in jobs])
+    stats = RebuildStats()
+    workers = min(workers, len(jobs))
+    pool = WorkerPool(keyring.entries, workers) if workers > 1 else None
+    try:
+        with mirror.bulk_load() as load:  # the journals are read after it took the lock
+            folded: Iterator[ConvRows | None] = (
+                pool.fold(jobs, AHEAD_PER_WORKER * workers) if pool is not None else repeat(None)
+            )
+            for (path, name, limit), folded_rows in zip(jobs, folded, strict=False):
+                try:
+                    rows = folded_rows
+                    if rows is None:  # in this process, or a worker failed: raise it here
+                        rows = fold_journal(path, name, keyring, limit)
+                    load.add(rows)
+                    stats.records += rows.records
+                    stats.conversations += 1
+                except VigilError as exc:
+                    stats.errors.append(exc)
+                report(name, stats.records)
+    finally:
+        if pool is not None:
+            pool.close()
+    return stats
+
+
+def _rebuild_each(
+    mirror: Mirror, jobs: list[Job], keyring: Keyring, progress: Progress | None
+) -> RebuildStats:
+    report = _Reporter(progress, [path for path, _, _ in jobs])
+    stats = RebuildStats()
+    for path, name, limit in jobs:
+        try:
+            stats.records += mirror.replay(name, journal_feed(path, name, keyring, limit))
+            stats.conversations += 1
+        except VigilError as exc:
+            mirror.purge(name)
+            stats.errors.append(exc)
+        report(name, stats.records)
+    return stats
+
+
+class _Reporter:
+    """Progress after each conversation, by bytes of journal."""
+
+    def __init__(self, progress: Progress | None, paths: list[Path]) -> None:
+        self._progress = progress
+        self._sizes = [p.stat().st_size for p in paths] if progress is not None else []
+        self._total = sum(self._sizes)
+        self._done = 0
+        self._bytes = 0
+
+    def __call__(self, name: str, records: int) -> None:
+        if self._progress is None:
+            return
+        self._bytes += self._sizes[self._done]
+        self._done += 1
+        self._progress(
+            RebuildProgress(name, self._done, len(self._sizes), records, self._bytes, self._total)
+        )
+
+
 def journal_feed(path: Path, name: str, keyring: Keyring, limit: int | None = None) -> Feed:
-    """A ``Feed`` of a journal's records, read-only, through ``scan`` (which
-    authenticates each record; a record damaged after a good one raises)."""
+    """A ``Feed`` of a journal's records, read-only; every record is authenticated
+    (``journal_bulk``, and ``journal.scan`` where the file is not plain records: a
+    torn tail is left out, damage after a good record raises)."""
 
     def feed(sink: Sink) -> None:
-        def visit(fr: Frame) -> None:
-            if limit is None or fr.seq <= limit:
-                sink(fr.seq, decode_payload(fr.payload))
+        seq = 0
+        try:
+            for chunk in read_payloads(path, name, keyring):
+                for payload in chunk:
+                    seq += 1
+                    if limit is None or seq <= limit:
+                        sink(seq, decode_payload(payload))
+        except NotPlain:
+            # Read again from the start: the records sent already are the same ones,
+            # each authenticated, and a replay ignores sequences it has applied.
+            def visit(fr: Frame) -> None:
+                if fr.seq > seq and (limit is None or fr.seq <= limit):
+                    sink(fr.seq, decode_payload(fr.payload))
 
-        scan(path, name, keyring, visit)
+            scan(path, name, keyring, visit)
 
     return feed
-
-
-# ---------------------------------------------------------------- workers
-
-
-def _folded_elsewhere(
-    paths: list[Path],
-    names: list[str],
-    keyring: Keyring,
-    limits: list[int | None],
-    workers: int,
-) -> Generator[ConvState | None, None, None] | None:
-    if workers <= 1 or len(paths) < 2:
-        return None
-    return _pool_fold(paths, names, keyring.entries, limits, workers)
-
-
-def _pool_fold(
-    paths: list[Path],
-    names: list[str],
-    entries: list[KeyEntry],
-    limits: list[int | None],
-    workers: int,
-) -> Generator[ConvState | None, None, None]:
-    """Folded conversations in order; at most ``3 * workers`` in flight, so memory
-    stays bounded when writing is slower than folding."""
-    # spawn: safe in a process with threads; the workers import only what they need.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        window: deque[Future[ConvState | None]] = deque()
-        jobs = iter(zip(paths, names, limits, strict=True))
-
-        def submit() -> None:
-            job = next(jobs, None)
-            if job is not None:
-                window.append(pool.submit(_fold_journal, *job[:2], entries, job[2]))
-
-        for _ in range(3 * workers):
-            submit()
-        while window:
-            done = window.popleft()
-            submit()
-            yield done.result()
-
-
-class _NoRows:
-    """A conversation folded from a fresh start has written no rows to read back."""
-
-    def turn(self, conversation: str, turn: int) -> TurnState | None:
-        return None
-
-    def tool(self, conversation: str, tool_use_id: str) -> ToolState | None:
-        return None
-
-    def delivery(self, conversation: str, delivery: str) -> DeliveryState | None:
-        return None
-
-
-def _fold_journal(
-    path: Path, name: str, entries: list[KeyEntry], limit: int | None
-) -> ConvState | None:
-    """In a worker: one journal folded from the start. None when it cannot be read
-    (the caller replays it serially to report the error with its own type)."""
-    keyring = Keyring(entries)
-    state = ConvState(name)
-    rows = _NoRows()
-
-    def visit(fr: Frame) -> None:
-        if limit is not None and fr.seq > limit:
-            return
-        state.last_seq = fr.seq  # scan checked the sequence: 1, 2, 3, ...
-        fold_event(state, fr.seq, decode_payload(fr.payload), rows)
-        state.pending += 1
-
-    try:
-        scan(path, name, keyring, visit)
-    except (VigilError, ValueError):
-        return None
-    return state

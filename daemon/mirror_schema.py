@@ -64,7 +64,6 @@ CREATE TABLE tool_calls(
     result_seq INTEGER,
     PRIMARY KEY(conversation, seq)
 );
-CREATE INDEX tool_calls_by_id ON tool_calls(conversation, tool_use_id);
 CREATE TABLE skips(
     conversation TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -92,6 +91,10 @@ CREATE TABLE deliveries(
 CREATE VIRTUAL TABLE turns_fts USING fts5(
     prompt, reply, content='turns', content_rowid='id'
 );
+"""
+# Secondary indexes: a bulk load creates them after inserting (``Mirror.bulk_load``).
+INDEXES = """
+CREATE INDEX tool_calls_by_id ON tool_calls(conversation, tool_use_id);
 """
 TABLES = ("deliveries", "skips", "tool_calls", "turns_fts", "turns", "conversations", "meta")
 
@@ -191,6 +194,10 @@ FTS_ADD_CONVERSATION = (
     "INSERT INTO turns_fts(rowid, prompt, reply) "
     "SELECT id, prompt, reply FROM turns WHERE conversation = ?"
 )
+# A bulk load inserts into fresh tables, then indexes every turn at once.
+TURN_INSERT = f"INSERT INTO turns({_COLS}) VALUES ({_SLOTS})"  # noqa: S608  # constants
+CONVERSATION_INSERT = "INSERT INTO conversations VALUES (?, ?, ?, ?, ?, ?)"
+FTS_REBUILD = "INSERT INTO turns_fts(turns_fts) VALUES ('rebuild')"
 TOOL_CALL_INSERT = "INSERT OR REPLACE INTO tool_calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 SKIP_INSERT = "INSERT OR REPLACE INTO skips VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 DELIVERY_INSERT = "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"

@@ -181,6 +181,38 @@ def test_rebuild_refuses_to_run_as_another_user_than_the_mirrors_owner(
     assert "Run it as that user" in err
 
 
+def test_a_rebuild_with_workers_from_the_command_line_verifies(
+    setup: tuple[Path, Layout],
+) -> None:
+    """``vigil rebuild --workers 2`` as an operator runs it (its own process, a progress
+    bar on a terminal): the workers' rows are what ``vigil verify`` rebuilds itself."""
+    config, _ = setup
+    vigil = [sys.executable, "-m", "daemon.cli"]
+    cfg = ["--config", str(config)]
+    argv = [*vigil, "rebuild", "--workers", "2", *cfg]
+    leader, follower = pty.openpty()
+    with subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=follower) as child:
+        os.close(follower)
+        assert child.stdout is not None
+        out = child.stdout.read().decode()
+        assert child.wait(timeout=120) == 0
+    seen = b""
+    try:
+        while chunk := os.read(leader, 65536):
+            seen += chunk
+    except OSError:  # EIO: the child closed its end
+        pass
+    os.close(leader)
+    assert "24 records" in seen.decode(errors="replace")  # the bar's records column
+    assert ": 24 records, 2 conversations in " in out
+    verified = subprocess.run(
+        [*vigil, "verify", "--json", *cfg], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    report = json.loads(verified.stdout)
+    assert (verified.returncode, report["ok"], report["records"]) == (0, True, 24)
+    assert report["mirror"]["state"] == "compared"
+
+
 def test_rebuild_summary_line_and_progress_bar_on_a_terminal(setup: tuple[Path, Layout]) -> None:
     config, _ = setup
     argv = [sys.executable, "-m", "daemon.cli", "rebuild", "--config", str(config)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import sqlite3
 import stat
 import tempfile
@@ -24,7 +25,8 @@ from daemon.heal import fold
 from daemon.journal import FsyncPolicy, Journal
 from daemon.keyring import Keyring
 from daemon.mirror import Mirror, MirrorError, events_feed
-from daemon.mirror_rebuild import rebuild
+from daemon.mirror_rebuild import RebuildProgress, rebuild
+from daemon.rebuild_workers import Job, RebuildWorkerError, WorkerPool
 from daemon.verify import check_index
 
 AT = "2026-11-21T10:00:00.000Z"
@@ -529,45 +531,164 @@ def test_a_restart_mid_turn_keeps_the_open_turn_context(tmp_path: Path) -> None:
     assert [s[0] for s in statuses] == ["interrupted", "completed"]
 
 
-def test_a_parallel_rebuild_writes_the_same_rows(tmp_path: Path) -> None:
-    rng = random.Random(11)
-    streams = {
-        f"job-{i}": [
-            ev.session_bound(f"s-{i}", "/srv", mode="new", at=AT),
-            *[
-                e
-                for t in range(1, rng.randint(2, 6))
-                for e in turn_events(
-                    t,
-                    prompt=rng.choice(WORDS),
-                    deltas=[w + " " for w in rng.sample(WORDS, 3)],
-                    tools=rng.randint(0, 2),
-                    cost_total=t / 10,
-                    end=rng.choice(["completed", "quiet", "failed"]),
-                    deliveries=["mail"],
-                )
-            ],
-        ]
-        for i in range(7)
-    }
+def rich_streams(seed: int, conversations: int) -> dict[str, list[Event]]:
+    """Conversations with every kind of turn, deliveries, skips and junk records."""
+    rng = random.Random(seed)
+    streams: dict[str, list[Event]] = {}
+    for i in range(conversations):
+        events = [ev.session_bound(f"s-{i}", "/srv", mode="new", at=AT)]
+        total = 0.0
+        for t in range(1, rng.randint(2, 9)):
+            if rng.random() < 0.15:
+                events.append(ev.beat_skipped(t, "busy", "", at=AT, count=rng.randint(1, 3)))
+                continue
+            total = round(total + rng.uniform(0, 0.3), 6)
+            events += turn_events(
+                t,
+                prompt=" ".join(rng.sample(WORDS, 2)),
+                deltas=[w + " " for w in rng.sample(WORDS, rng.randint(0, 4))],
+                tools=rng.randint(0, 2),
+                result_text=rng.choice([None, "", rng.choice(WORDS)]),
+                cost_total=total if rng.random() < 0.8 else None,
+                end=rng.choice(["completed", "quiet", "failed", "interrupted"]),
+                deliveries=rng.sample(["mail", "hook"], rng.randint(0, 2)),
+            )
+            if rng.random() < 0.3:
+                events += rng.choice(JUNK)(t)
+        if rng.random() < 0.3:
+            events += turn_events(99, prompt="still going", deltas=["half "], end="open")
+        streams[f"job-{i:02d}"] = events
+    streams["empty"] = []
+    return streams
+
+
+def test_a_parallel_full_rebuild_equals_the_incremental_fold_row_by_row(tmp_path: Path) -> None:
+    """The bulk rebuild (in worker processes and in this one) writes exactly the rows
+    and full-text index the incremental path writes: the daemon applying event by
+    event (with flushes and restarts) and ``vigil rebuild NAME`` per conversation."""
+    streams = rich_streams(11, 12)
     write_journals(tmp_path / "conversations", KEYRING, streams)
+    rng = random.Random(5)
+    order = interleave(rng, {name: events for name, events in streams.items() if events})
+    live = apply_live(tmp_path / "live.sqlite3", order, rng)
+    each = Mirror.open(tmp_path / "each.sqlite3")
+    stats = rebuild(each, tmp_path / "conversations", KEYRING, sorted(streams))
+    assert (stats.conversations, stats.errors) == (len(streams), [])
     serial, parallel = Mirror.open(tmp_path / "a.sqlite3"), Mirror.open(tmp_path / "b.sqlite3")
     one = rebuild(serial, tmp_path / "conversations", KEYRING)
     many = rebuild(parallel, tmp_path / "conversations", KEYRING, workers=2)
-    assert (many.records, many.conversations, many.errors) == (one.records, 7, [])
-    assert parallel.dump() == serial.dump()
-    assert parallel.search("alpha", limit=50) == serial.search("alpha", limit=50)
-    # A damaged journal is reported with its own error type, the others rebuilt.
-    path = journal_path(tmp_path / "conversations", "job-3")
+    total = sum(len(s) for s in streams.values())
+    assert (one.records, one.conversations, one.errors) == (total, len(streams), [])
+    assert (many.records, many.conversations, many.errors) == (total, len(streams), [])
+    expected = live.dump()
+    assert len(expected) > 100
+    assert each.dump() == expected
+    assert serial.dump() == expected
+    assert parallel.dump() == expected
+    for word in [*WORDS, "second result", "superseded", "orphan", "still"]:
+        hits = live.search(word, limit=500)
+        assert each.search(word, limit=500) == hits
+        assert serial.search(word, limit=500) == hits
+        assert parallel.search(word, limit=500) == hits
+    assert len(live.search("alpha", limit=500)) > 5
+    for m in (live, each, serial, parallel):
+        m.close()
+    for name in ("live", "each", "a", "b"):
+        path = tmp_path / f"{name}.sqlite3"
+        assert check_index(path) is None
+        db = sqlite3.connect(path)
+        indexes = db.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+        assert ("tool_calls_by_id",) in indexes
+        db.close()
+
+
+def test_a_journal_that_cannot_be_read_is_left_out_with_its_own_error(tmp_path: Path) -> None:
+    streams = rich_streams(3, 6)
+    write_journals(tmp_path / "conversations", KEYRING, streams)
+    path = journal_path(tmp_path / "conversations", "job-03")
     lines = path.read_bytes().split(b"\n")
     lines[1] = lines[1].replace(b'"d":"', b'"d":"AAAA', 1)
     path.write_bytes(b"\n".join(lines))
-    many = rebuild(parallel, tmp_path / "conversations", KEYRING, workers=2)
-    assert many.conversations == 6
-    assert [type(e).__name__ for e in many.errors] == ["JournalCorruptError"]
-    assert {r.key[0] for r in parallel.dump()} == set(streams) - {"job-3"}
-    parallel.close()
-    serial.close()
+    for workers in (1, 2):
+        mirror = Mirror.open(tmp_path / f"m{workers}.sqlite3")
+        stats = rebuild(mirror, tmp_path / "conversations", KEYRING, workers=workers)
+        assert stats.conversations == len(streams) - 1
+        assert [type(e).__name__ for e in stats.errors] == ["JournalCorruptError"]
+        assert "line 2 (sequence 2)" in str(stats.errors[0])
+        assert {r.key[0] for r in mirror.dump()} == set(streams) - {"job-03", "empty"}
+        mirror.close()
+
+
+def test_a_failed_full_rebuild_leaves_the_mirror_as_it_was(tmp_path: Path) -> None:
+    """An authenticated record that is not JSON stops the rebuild (as every reader
+    refuses it): the transaction rolls back and readers keep the previous rows."""
+    streams = sample_streams()
+    write_journals(tmp_path / "conversations", KEYRING, streams)
+    mirror = Mirror.open(tmp_path / "m.sqlite3")
+    rebuild(mirror, tmp_path / "conversations", KEYRING)
+    before = mirror.dump()
+    journal = Journal.open(journal_path(tmp_path / "conversations", "digest"), "digest", KEYRING)
+    journal.append_payloads([b"[not, json"])
+    journal.close()
+    for workers in (1, 2):
+        with pytest.raises(ValueError, match="Expecting value"):
+            rebuild(mirror, tmp_path / "conversations", KEYRING, workers=workers)
+        assert mirror.dump() == before
+        assert [h.turn for h in mirror.search("zeppelin")] == [2]
+
+
+def test_a_worker_that_dies_stops_the_rebuild_with_an_error(tmp_path: Path) -> None:
+    streams = rich_streams(7, 4)
+    write_journals(tmp_path / "conversations", KEYRING, streams)
+    jobs: list[Job] = [
+        (journal_path(tmp_path / "conversations", name), name, None) for name in streams
+    ]
+    with WorkerPool(KEYRING.entries, 2) as pool:
+        assert [r.name for r in pool.fold(jobs, 3) if r is not None] == list(streams)
+        for pid in pool.pids:
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(RebuildWorkerError, match="exited unexpectedly"):
+            list(pool.fold(jobs, 3))
+
+
+def test_a_full_rebuild_while_the_daemon_applies(tmp_path: Path) -> None:
+    """``vigil rebuild`` against the daemon's live mirror: the daemon's flushes wait
+    while the rebuild holds the database, what it journals meanwhile reaches the
+    mirror after, and the end state equals a rebuild of the whole journals."""
+    streams = sample_streams()
+    write_journals(tmp_path / "conversations", KEYRING, streams)
+    path = tmp_path / "m.sqlite3"
+    daemon = Mirror.open(path, flush_every=1, flush_interval=3600)
+    for name, events in streams.items():
+        for seq, event in enumerate(events, start=1):
+            daemon.apply(name, seq, event)
+    more = turn_events(4, prompt="late beat", deltas=["after ", "the rebuild"])
+    journal = journal_path(tmp_path / "conversations", "inbox")
+
+    def meanwhile(p: RebuildProgress) -> None:
+        if p.conversations_done != 1:
+            return
+        stray = Journal.open(journal, "inbox", KEYRING, fsync=FsyncPolicy.NEVER)
+        first = stray.last_seq + 1
+        for seq, event in enumerate(more, start=first):
+            assert stray.append(event) == seq
+            daemon.apply("inbox", seq, event)
+        stray.close()
+        assert daemon.flush() is False  # the rebuild holds the database
+
+    cli = Mirror.open(path, busy_timeout_ms=1000)
+    stats = rebuild(cli, tmp_path / "conversations", KEYRING, progress=meanwhile, workers=2)
+    assert stats.errors == []
+    assert path.with_name(path.name + "-wal").stat().st_size == 0  # the space given back
+    assert daemon.flush() is True
+    expected = Mirror.open(":memory:")
+    rebuild(expected, tmp_path / "conversations", KEYRING)
+    assert len(expected.search("rebuild")) == 1
+    assert cli.dump() == expected.dump()
+    assert daemon.error is None
+    daemon.close()
+    cli.close()
+    assert check_index(path) is None
 
 
 def test_a_rebuild_by_another_process_while_the_daemon_applies(tmp_path: Path) -> None:
