@@ -196,7 +196,10 @@ FTS_ADD_CONVERSATION = (
 )
 # A bulk load inserts into fresh tables, then indexes every turn at once.
 TURN_INSERT = f"INSERT INTO turns({_COLS}) VALUES ({_SLOTS})"  # noqa: S608  # constants
-CONVERSATION_INSERT = "INSERT INTO conversations VALUES (?, ?, ?, ?, ?, ?)"
+CONVERSATION_INSERT = (
+    f"INSERT INTO conversations({', '.join(CONVERSATION_COLUMNS)}) "  # noqa: S608  # constants
+    f"VALUES ({', '.join('?' * len(CONVERSATION_COLUMNS))})"
+)
 FTS_REBUILD = "INSERT INTO turns_fts(turns_fts) VALUES ('rebuild')"
 TOOL_CALL_INSERT = "INSERT OR REPLACE INTO tool_calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 SKIP_INSERT = "INSERT OR REPLACE INTO skips VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
