@@ -107,23 +107,32 @@ def main() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "daemon.cli", "run", "--config", str(root / "vigil.toml")],
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
     )
     ready_s = None
+    mirror_s = None
     try:
         while ready_s is None:
             message = sock.recv(4096).decode()
             if "READY=1" in message.split("\n"):
                 ready_s = time.perf_counter() - t0
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the log: the mirror is rebuilt in the background
+            if '"event": "mirror_ready"' in line:
+                mirror_s = time.perf_counter() - t0
+                break
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        proc.wait(timeout=120)
     print(f"read+decrypt only : {read_s:6.2f} s  ({total / read_s:,.0f} records/s)")
     print(f"start to READY=1  : {ready_s:6.2f} s  (process start, imports, recovery, heal)")
     print(
         f"READY - read      : {ready_s - read_s:6.2f} s; ratio READY/read {ready_s / read_s:.2f}x"
     )
+    if mirror_s is not None:
+        print(f"start to mirror ready: {mirror_s:6.2f} s  (background rebuild after READY)")
     verdict = "met" if ready_s <= 2 + read_s else "MISSED"
     print(f"target READY <= 2 s + read ({2 + read_s:.2f} s): {verdict}")
 
