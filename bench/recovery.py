@@ -53,6 +53,40 @@ def write_conversation(path: Path, name: str, keyring: Keyring, records: int) ->
     journal.close()
 
 
+def time_start(root: Path) -> tuple[float, float | None]:
+    """Seconds from starting ``vigil run`` to READY=1, and to the mirror's rebuild."""
+    sock_path = root / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(120)
+    env = dict(os.environ, NOTIFY_SOCKET=str(sock_path))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "run", "--config", str(root / "vigil.toml")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    ready_s: float | None = None
+    mirror_s = None
+    try:
+        while ready_s is None:
+            message = sock.recv(4096).decode()
+            if "READY=1" in message.split("\n"):
+                ready_s = time.perf_counter() - t0
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the log: the mirror is rebuilt in the background
+            if '"event": "mirror_ready"' in line:
+                mirror_s = time.perf_counter() - t0
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    assert ready_s is not None
+    return ready_s, mirror_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="time to READY with many journals on disk")
     parser.add_argument("--conversations", type=int, default=1000)
@@ -98,34 +132,7 @@ def main() -> None:
     read_s = time.perf_counter() - t0
     assert count == total
 
-    sock_path = root / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(sock_path))
-    sock.settimeout(120)
-    env = dict(os.environ, NOTIFY_SOCKET=str(sock_path))
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "run", "--config", str(root / "vigil.toml")],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    ready_s = None
-    mirror_s = None
-    try:
-        while ready_s is None:
-            message = sock.recv(4096).decode()
-            if "READY=1" in message.split("\n"):
-                ready_s = time.perf_counter() - t0
-        assert proc.stdout is not None
-        for line in proc.stdout:  # the log: the mirror is rebuilt in the background
-            if '"event": "mirror_ready"' in line:
-                mirror_s = time.perf_counter() - t0
-                break
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
+    ready_s, mirror_s = time_start(root)
     print(f"read+decrypt only : {read_s:6.2f} s  ({total / read_s:,.0f} records/s)")
     print(f"start to READY=1  : {ready_s:6.2f} s  (process start, imports, recovery, heal)")
     print(

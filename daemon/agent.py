@@ -16,27 +16,25 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from claude_agent_sdk import (
-    AssistantMessage,
-    ClaudeAgentOptions,
-    ClaudeSDKClient,
-    ClaudeSDKError,
-    ResultMessage,
-    SessionKey,
-    StreamEvent,
-    TextBlock,
-    ToolResultBlock,
-    ToolUseBlock,
-    UserMessage,
-    fork_session_via_store,
-    project_key_for_directory,
-)
+from typing import TYPE_CHECKING, Any, Literal
 
 from daemon import events as ev
 from daemon.events import Event
 from daemon.store import JournalSessionStore
+
+if TYPE_CHECKING:
+    from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
+    from claude_agent_sdk.types import SessionKey
+
+# claude_agent_sdk takes about a second to import, so it is imported where it is used
+# (the daemon announces READY without it; `vigil status` and friends never load it).
+
+
+def preload_sdk() -> None:
+    """Import the SDK now: the daemon does it during recovery (on a thread, while its
+    workers read the journals), so no beat stalls the event loop with the import."""
+    import claude_agent_sdk  # noqa: F401, PLC0415
+
 
 FailureReason = Literal[
     "connect_failed", "resume_rejected", "cli_died", "model_error", "timeout", "interrupted"
@@ -109,6 +107,8 @@ async def fork_transcript(
     entry a new uuid and the new ``sessionId``, keeps the ``parentUuid`` chain and
     stamps ``forkedFrom``; no CLI runs. The source is only read.
     """
+    from claude_agent_sdk import fork_session_via_store  # noqa: PLC0415
+
     try:
         result = await fork_session_via_store(
             store, session_id, directory=str(cwd), up_to_message_id=up_to
@@ -126,11 +126,23 @@ async def fork_transcript(
 
 def project_key(cwd: Path | str) -> str:
     """The SDK's ``SessionStore`` project key for a working directory (as the CLI's)."""
+    from claude_agent_sdk import project_key_for_directory  # noqa: PLC0415
+
     return project_key_for_directory(str(cwd))
 
 
 def translate(message: object, turn: int) -> list[Event]:
     """vigil events for one SDK message (pure; unknown messages yield nothing)."""
+    from claude_agent_sdk import (  # noqa: PLC0415
+        AssistantMessage,
+        ResultMessage,
+        StreamEvent,
+        TextBlock,
+        ToolResultBlock,
+        ToolUseBlock,
+        UserMessage,
+    )
+
     if isinstance(message, StreamEvent):
         raw = message.event
         if raw.get("type") == "content_block_delta":
@@ -203,6 +215,8 @@ class AgentSession:
         return _process_of(self._client)
 
     async def connect(self, plan: ConnectPlan) -> None:
+        from claude_agent_sdk import ClaudeSDKClient  # noqa: PLC0415
+
         options = self._options(plan)
         client = ClaudeSDKClient(options)
         try:
@@ -219,6 +233,8 @@ class AgentSession:
 
     async def run_turn(self, prompt: str, prompt_uuid: str, turn: int, emit: Emit) -> TurnOutcome:
         """Send ``prompt``; emit every event as it arrives; return the result."""
+        from claude_agent_sdk import ClaudeSDKError, ResultMessage  # noqa: PLC0415
+
         client = self._client
         if client is None:
             raise AgentFailure("connect_failed", "not connected")
@@ -276,6 +292,8 @@ class AgentSession:
             _kill_if_running(process)
 
     def _options(self, plan: ConnectPlan) -> ClaudeAgentOptions:
+        from claude_agent_sdk import ClaudeAgentOptions  # noqa: PLC0415
+
         spec = self.spec
         kwargs: dict[str, Any] = {
             "cwd": str(spec.cwd),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,11 +82,19 @@ def _fold_in_worker(task: tuple[Path, str]) -> tuple[str, Folded | None]:
         return name, None
 
 
-def fold_all(journals: list[tuple[Path, str]], keyring: Keyring, workers: int) -> dict[str, Folded]:
+def fold_all(
+    journals: list[tuple[Path, str]],
+    keyring: Keyring,
+    workers: int,
+    *,
+    meanwhile: Callable[[], None] | None = None,
+) -> dict[str, Folded]:
     """Each journal's :class:`Folded`, read in ``workers`` forked processes.
 
     Journals missing from the answer (all of them when ``workers <= 1``, and any a
     worker could not read) are for the caller to read itself, the ordinary way.
+    ``meanwhile`` is called once the workers are forked (so it may start a thread)
+    and this process only waits for their answers; not at all without workers.
     """
     if workers <= 1 or len(journals) < 2:
         return {}
@@ -94,6 +102,8 @@ def fold_all(journals: list[tuple[Path, str]], keyring: Keyring, workers: int) -
     _keyring = keyring
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
+            if meanwhile is not None:
+                meanwhile()
             done = pool.imap_unordered(_fold_in_worker, journals, chunksize=4)
             return {name: folded for name, folded in done if folded is not None}
     finally:

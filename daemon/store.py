@@ -31,21 +31,21 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from claude_agent_sdk import fold_session_summary
-from claude_agent_sdk.types import (
-    SessionKey,
-    SessionListSubkeysKey,
-    SessionStoreEntry,
-    SessionStoreListEntry,
-    SessionSummaryEntry,
-)
+from typing import TYPE_CHECKING, Any
 
 from daemon.framing import decode_payload, encode_payload, open_line
 from daemon.fsutil import ensure_private_dir, fsync_dir
 from daemon.journal import JOURNAL_SUFFIX, FsyncPolicy, Journal, scan
 from daemon.keyring import Keyring
+
+if TYPE_CHECKING:  # the SDK is imported where it is used (about a second; see agent.py)
+    from claude_agent_sdk.types import (
+        SessionKey,
+        SessionListSubkeysKey,
+        SessionStoreEntry,
+        SessionStoreListEntry,
+        SessionSummaryEntry,
+    )
 
 KeyTuple = tuple[str, str, str | None]
 
@@ -103,6 +103,8 @@ class JournalSessionStore:
         payloads = [encode_payload({"kind": "entries", "entries": fresh})]
         summary: SessionSummaryEntry | None = None
         if stream.key[2] is None:
+            from claude_agent_sdk import fold_session_summary  # noqa: PLC0415
+
             summary = fold_session_summary(stream.summary, key, fresh)
             payloads.append(encode_payload({"kind": "summary", "data": summary["data"]}))
         self._write(stream, payloads)

@@ -20,13 +20,14 @@ import asyncio
 import faulthandler
 import os
 import signal
+import threading
 import time
 from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from daemon.agent import AgentSession
+from daemon.agent import AgentSession, preload_sdk
 from daemon.beats import BeatResult, BeatRunner, ResumePoint
 from daemon.config import Config, ConfigError, HeartbeatConfig, load_config
 from daemon.control import SOCKET_NAME, ControlServer
@@ -203,8 +204,12 @@ class Supervisor:
             if (path := journal_path(self.layout.conversations, cfg.name)).exists()
         ]
         self._read_workers = worker_count(path for path, _ in existing)
+        # The SDK's import (about a second) overlaps the workers' read; without
+        # workers it runs here. Either way it is done before READY, so no beat stalls
+        # the event loop importing it.
+        preload = threading.Thread(target=preload_sdk, name="preload-sdk", daemon=True)
         try:
-            folded = fold_all(existing, self.keyring, self._read_workers)
+            folded = fold_all(existing, self.keyring, self._read_workers, meanwhile=preload.start)
             for job_cfg in order:
                 self._extend_start_timeout()
                 opened[job_cfg.name] = self._open_conversation(job_cfg, folded.get(job_cfg.name))
@@ -213,6 +218,10 @@ class Supervisor:
                 conv.close()
             self._restore_mirror()
             raise
+        if preload.ident is None:
+            preload_sdk()
+        else:
+            preload.join()
         replays: dict[str, tuple[Trigger, str]] = {}
         for job_cfg in self.config.heartbeats:
             self._extend_start_timeout()
