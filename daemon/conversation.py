@@ -21,6 +21,7 @@ from daemon.keyring import Keyring
 from daemon.logs import get_logger
 
 Listener = Callable[[str, int, Event], None]
+HEALED_REASON = "daemon_stopped_mid_turn"
 
 
 @dataclass
@@ -42,6 +43,10 @@ class ConversationState:
     resume_at: str | None = None  # last assistant uuid of the last completed turn
     last_beat_at: str | None = None
     open_turn: OpenTurn | None = None
+    # A turn the daemon's death cut off (healed), whose replay has not started yet.
+    # Kept in the journal's terms, so a kill between healing and the replay's start
+    # still replays it, and still connects without it, at the next start.
+    awaiting_replay: OpenTurn | None = None
     _pending_resume_at: str | None = field(default=None, repr=False)
 
     def feed(self, event: Event) -> None:
@@ -58,6 +63,7 @@ class ConversationState:
                 event.get("prompt_uuid"),
             )
             self._pending_resume_at = None
+            self.awaiting_replay = None
             self.next_turn = max(self.next_turn, turn + 1)
             self.last_beat_at = event.get("at")
         elif kind == "beat_skipped" and isinstance(turn, int):
@@ -70,7 +76,11 @@ class ConversationState:
             if self._pending_resume_at:
                 self.resume_at = self._pending_resume_at
             self.open_turn = None
-        elif kind in ("turn_failed", "turn_interrupted"):
+        elif kind == "turn_interrupted":
+            if event.get("reason") == HEALED_REASON and self.open_turn is not None:
+                self.awaiting_replay = self.open_turn
+            self.open_turn = None
+        elif kind == "turn_failed":
             self.open_turn = None
 
 
@@ -128,11 +138,15 @@ class Conversation:
         self.journal.sync()
 
     def heal(self) -> OpenTurn | None:
-        """Mark a turn the previous process left unfinished as interrupted (once)."""
+        """Mark a turn the previous process left unfinished as interrupted (once).
+
+        Returns the turn healed now, if any; ``state.awaiting_replay`` also holds a turn
+        an earlier start healed and then died before replaying.
+        """
         open_turn = self.state.open_turn
         if open_turn is None:
             return None
-        self.record(ev.turn_interrupted(open_turn.turn, "daemon_stopped_mid_turn"))
+        self.record(ev.turn_interrupted(open_turn.turn, HEALED_REASON))
         self.turn_boundary()
         return open_turn
 

@@ -36,6 +36,7 @@ from claude_agent_sdk.types import (
     SessionSummaryEntry,
 )
 
+from daemon.errors import JournalFatalError, JournalWriteError
 from daemon.framing import decode_payload, encode_payload, open_line
 from daemon.fsutil import ensure_private_dir, fsync_dir
 from daemon.journal import JOURNAL_SUFFIX, FsyncPolicy, Journal
@@ -75,22 +76,33 @@ class JournalSessionStore:
         self.keyring = keyring
         self.fsync = fsync
         self._streams: dict[str, _Stream] | None = None
+        self._failures: dict[str, JournalWriteError | JournalFatalError] = {}
 
     # --- SessionStore protocol -----------------------------------------------------------
 
     async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
         if not entries:
             return
+        try:
+            self._append(key, entries)
+        except (JournalWriteError, JournalFatalError) as exc:
+            # The SDK retries a failed append a few times, then drops the batch and
+            # carries on: remember the failure so the turn does not count as done.
+            self._failures.setdefault(key["session_id"], exc)
+            raise
+
+    def _append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
         stream = self._stream_for(_key_tuple(key), create=True)
         assert stream is not None  # noqa: S101  # create=True always returns one
         self._ensure_loaded(stream)
         fresh: list[SessionStoreEntry] = []
+        fresh_uuids: set[str] = set()
         for entry in entries:
             uid = entry.get("uuid")
             if isinstance(uid, str):
-                if uid in stream.uuids:
+                if uid in stream.uuids or uid in fresh_uuids:
                     continue
-                stream.uuids.add(uid)
+                fresh_uuids.add(uid)
             fresh.append(entry)
         if not fresh:
             return
@@ -100,6 +112,9 @@ class JournalSessionStore:
             summary = fold_session_summary(stream.summary, key, fresh)
             payloads.append(encode_payload({"kind": "summary", "data": summary["data"]}))
         self._write(stream, payloads)
+        # Only now: a retry of a batch that failed to be written must not be skipped
+        # as already stored.
+        stream.uuids |= fresh_uuids
         if summary is not None:
             stream.summary = summary
 
@@ -156,6 +171,14 @@ class JournalSessionStore:
         )
 
     # --- vigil's own queries ---------------------------------------------------------------
+
+    def take_failure(self, session_id: str) -> JournalWriteError | JournalFatalError | None:
+        """The first append for ``session_id`` that failed since the last call, if any.
+
+        The SDK swallows a failed append (after a few retries it drops the batch), so
+        the agent asks here: a transcript that could not be stored fails the turn.
+        """
+        return self._failures.pop(session_id, None)
 
     def has_session(self, session_id: str) -> bool:
         """Whether a main transcript for ``session_id`` exists (under any project key)."""

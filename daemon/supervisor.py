@@ -233,11 +233,16 @@ class Supervisor:
         self.jobs[job_cfg.name] = Job(job_cfg, runner, ledger)
         for key in settle_open(list(ledger.open_deliveries.values()), JournalDeliveryLog(conv)):
             log.warning("delivery_fenced", turn=key.turn, sink=key.sink)
+        policy = job_cfg.on_interrupted
         healed = conv.heal()
+        if healed is not None:
+            log.warning(
+                "turn_healed", turn=healed.turn, deltas=healed.deltas, on_interrupted=policy
+            )
+        # Also a turn an earlier start healed and then died before replaying.
+        healed = conv.state.awaiting_replay
         if healed is None:
             return None
-        policy = job_cfg.on_interrupted
-        log.warning("turn_healed", turn=healed.turn, deltas=healed.deltas, on_interrupted=policy)
         if policy in ("replay", "drop"):
             runner.resume_point = ResumePoint(
                 resume_at=conv.state.resume_at,
@@ -320,16 +325,19 @@ class Supervisor:
         self._scheduler.add_interval(job.name, interval, first_due=first, jitter=cfg.jitter)
 
     def _apply_idle_backoff(self, job: Job) -> None:
-        """After a beat: stretch or reset the interval when the quiet streak says so."""
+        """After a beat: stretch or reset the interval when the quiet streak or the run
+        of failed beats says so."""
         interval = job.wanted_interval()
         if job.retired or interval is None or interval == job.interval:
             return
         previous = job.interval
         self._reschedule(job)
+        failures = job.runner.failures
         self.log.info(
-            "idle_backoff",
+            "failure_backoff" if failures else "idle_backoff",
             job=job.name,
             quiet_streak=job.ledger.quiet_streak,
+            failures=failures,
             interval_s=interval.total_seconds(),
             previous_interval_s=previous.total_seconds() if previous else None,
         )
