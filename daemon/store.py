@@ -77,6 +77,7 @@ class JournalSessionStore:
         self.fsync = fsync
         self._streams: dict[str, _Stream] | None = None
         self._failures: dict[str, JournalWriteError | JournalFatalError] = {}
+        self._dead: JournalFatalError | None = None
 
     # --- SessionStore protocol -----------------------------------------------------------
 
@@ -123,9 +124,17 @@ class JournalSessionStore:
         if stream is None:
             return None
         out: list[SessionStoreEntry] = []
+        seen: set[str] = set()
         for record in self._records(stream):
-            if record.get("kind") == "entries":
-                out.extend(record["entries"])
+            if record.get("kind") != "entries":
+                continue
+            for entry in record["entries"]:
+                uid = entry.get("uuid")
+                if isinstance(uid, str):
+                    if uid in seen:
+                        continue  # appends are idempotent on uuid, whatever the file holds
+                    seen.add(uid)
+                out.append(entry)
         return out
 
     async def list_sessions(self, project_key: str) -> list[SessionStoreListEntry]:
@@ -238,12 +247,22 @@ class JournalSessionStore:
         return Journal.open(stream.path, stream.stream_id, self.keyring, fsync=self.fsync)
 
     def _write(self, stream: _Stream, payloads: list[bytes]) -> None:
+        if self._dead is not None:
+            # fsync failed before: the kernel may have dropped written pages, so no
+            # write may follow (the SDK would retry on a fresh descriptor); the daemon
+            # exits on this error.
+            raise self._dead
         journal = self._open(stream)
         try:
-            stream.last_seq = journal.append_payloads(payloads)
+            journal.append_payloads(payloads)
             journal.sync()
+        except JournalFatalError as exc:
+            self._dead = exc
+            raise
         finally:
-            stream.size = journal.size
+            # What the file holds now, whatever failed: a failed write was rolled back,
+            # a record whose fsync failed is in the file all the same.
+            stream.last_seq, stream.size = journal.last_seq, journal.size
             journal.close()
 
     def _records(self, stream: _Stream) -> list[dict[str, Any]]:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from claude_agent_sdk.types import SessionKey, SessionStoreEntry
 
-from daemon.errors import JournalWriteError
+from daemon.errors import JournalFatalError, JournalWriteError
+from daemon.journal import FsyncPolicy, scan
 from daemon.keyring import Keyring
 from daemon.store import JournalSessionStore
 
@@ -45,3 +46,36 @@ def test_a_failed_append_is_remembered_and_its_retry_is_stored(
         assert await store.load(key) == [_entry("u1", 1), _entry("u2", 2)]
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("policy", [FsyncPolicy.ALWAYS, FsyncPolicy.TURN])
+def test_after_a_failed_fsync_the_store_writes_nothing_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: FsyncPolicy
+) -> None:
+    keyring = Keyring.generate()
+    store = JournalSessionStore(tmp_path, keyring, fsync=policy)
+    key: SessionKey = {"project_key": "p", "session_id": "s1"}
+    real_fsync = os.fsync
+
+    def broken_disk(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    async def scenario() -> None:
+        await store.append(key, [_entry("u1", 1)])
+        monkeypatch.setattr(os, "fsync", broken_disk)  # the journal syncs with os.fsync
+        with pytest.raises(JournalFatalError):
+            await store.append(key, [_entry("u2", 2)])
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        # The SDK retries the batch: refused, nothing written on a fresh descriptor.
+        with pytest.raises(JournalFatalError):
+            await store.append(key, [_entry("u2", 2)])
+        with pytest.raises(JournalFatalError):
+            await store.append({"project_key": "p", "session_id": "s2"}, [_entry("v1", 1)])
+        assert isinstance(store.take_failure("s1"), JournalFatalError)
+
+    asyncio.run(scenario())
+    (path,) = tmp_path.glob("*.jsonl")
+    scan(path, f"t:{path.name.removesuffix('.jsonl')}", keyring)  # in sequence, undamaged
+    # A restart reads u2 (written before its fsync failed) exactly once.
+    loaded = asyncio.run(JournalSessionStore(tmp_path, keyring).load(key))
+    assert loaded == [_entry("u1", 1), _entry("u2", 2)]
