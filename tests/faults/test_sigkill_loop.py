@@ -38,7 +38,7 @@ import pytest
 from tests.e2e.conftest import Daemon, Job, LogLine, Site, parse_reply, shown
 from tests.faults.conftest import FaultFS, Journals, Tallies, faults_of
 
-pytestmark = [pytest.mark.e2e, pytest.mark.long]
+pytestmark = pytest.mark.e2e
 
 KILLS = 50
 LONG_KILLS = 500
@@ -185,6 +185,7 @@ def streamed_text(runs: list[Daemon], name: str, turn: int) -> str:
 # ---------------------------------------------------------------- the loop
 
 
+@pytest.mark.long
 @pytest.mark.timeout(14_400)
 def test_sigkill_loop_loses_nothing(
     site: Site, faultfs_library: Path, long_run: bool, tally: Tallies
