@@ -242,6 +242,7 @@ class AgentSession:
         try:
             await client.query(_prompt_stream(prompt, prompt_uuid))
             async for message in client.receive_response():
+                self._raise_store_failure()
                 for event in translate(message, turn):
                     emit(event)
                 if isinstance(message, ResultMessage):
@@ -265,6 +266,14 @@ class AgentSession:
                 "cli_died", self._with_stderr("the CLI ended the turn without a result")
             )
         return outcome
+
+    def _raise_store_failure(self) -> None:
+        """The transcript store could not take this session's entries (disk full, fsync
+        failed): raise its error, so nothing more of the turn is journaled as if the
+        model's memory of it were safe."""
+        failure = self.store.take_failure(self.session_id) if self.session_id else None
+        if failure is not None:
+            raise failure
 
     async def interrupt(self) -> None:
         if self._client is not None:

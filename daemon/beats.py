@@ -20,12 +20,24 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from daemon import events as ev
-from daemon.agent import AgentFailure, AgentSession, ConnectPlan
+from daemon.agent import AgentFailure, AgentSession, ConnectPlan, TurnOutcome
 from daemon.conversation import Conversation
+from daemon.errors import JournalWriteError
 from daemon.events import Trigger
+from jobs.backoff import AUTH_PAUSE
 from jobs.quiet import QuietRule
 
 Outcome = Literal["completed", "failed", "interrupted", "skipped"]
+# Failures of the model API, the CLI or the connection: the next beats back off.
+# (``max_budget_exceeded`` is the job's own per-beat cap working, not a fault.)
+BACKOFF_REASONS = frozenset(
+    {"model_error", "auth_failed", "timeout", "cli_died", "connect_failed", "resume_rejected"}
+)
+AUTH_HINT = (
+    "the model API rejected the API key: check ANTHROPIC_API_KEY in vigil's environment "
+    f"(this job's beats now pause for at least {AUTH_PAUSE.total_seconds() / 60:.0f} minutes, "
+    "doubling, until a beat succeeds; `vigil beat` tries at once)"
+)
 
 
 @dataclass
@@ -69,6 +81,8 @@ class BeatRunner:
         self.has_transcript = has_transcript
         self.resume_point: ResumePoint | None = None
         self.last: BeatResult | None = None
+        self.failures = 0  # failed beats in a row (BACKOFF_REASONS), in this process
+        self._write_failure: str | None = None  # why the open turn's end is not journaled
         self.quiet_rule = QuietRule()
 
     @property
@@ -103,6 +117,7 @@ class BeatRunner:
         turn = conv.state.next_turn
         prompt_uuid = str(uuid.uuid4())
         try:
+            self._close_unjournaled_turn()
             conv.record(
                 {
                     **ev.turn_started(
@@ -117,54 +132,82 @@ class BeatRunner:
                 }
             )
             try:
-                async with asyncio.timeout(self.turn_timeout.total_seconds()):
-                    await self._ensure_connected()
-                    outcome = await self.agent.run_turn(prompt, prompt_uuid, turn, conv.record)
-            except TimeoutError:
-                await self.agent.interrupt()
-                await self.agent.disconnect()
-                result = self._end_failed(
-                    turn, "timeout", f"the turn ran longer than turn_timeout ({self.turn_timeout})"
+                result = await self._run(turn, prompt, prompt_uuid)
+            except JournalWriteError as exc:
+                # Not every event of this turn could be journaled (disk full): the
+                # journal is the truth, so the next connect resumes without this turn,
+                # and the next beat closes it as failed once records can be written.
+                self.resume_point = ResumePoint(
+                    conv.state.resume_at, prompt_uuid, conv.state.resume_at is None
                 )
-            except AgentFailure as failure:
+                self._write_failure = str(exc)
                 await self.agent.disconnect()
-                result = self._end_failed(turn, failure.reason, failure.detail)
-            except asyncio.CancelledError:
-                await self.agent.interrupt()
-                await self.agent.disconnect()
-                conv.record(ev.turn_interrupted(turn, "shutdown"))
-                self.last = BeatResult(turn, "interrupted", "shutdown")
                 raise
-            else:
-                if outcome.is_error:
-                    status = f"HTTP {outcome.api_error_status}" if outcome.api_error_status else ""
-                    detail = (
-                        "; ".join(x for x in [status, *outcome.errors] if x)
-                        or "the model API failed"
-                    )
-                    reason = (
-                        "auth_failed" if outcome.api_error_status in (401, 403) else "model_error"
-                    )
-                    if outcome.subtype == "error_max_budget_usd":
-                        reason = "max_budget_exceeded"
-                    result = self._end_failed(turn, reason, detail)
-                else:
-                    quiet = self.quiet_rule.is_quiet(outcome.text)
-                    conv.record(ev.turn_completed(turn, quiet=quiet))
-                    result = BeatResult(
-                        turn,
-                        "completed",
-                        quiet=quiet,
-                        reply=outcome.text,
-                        session_id=outcome.session_id,
-                    )
             self.last = result
+            if result.outcome == "completed":
+                self.failures = 0
+            elif result.reason in BACKOFF_REASONS:
+                self.failures += 1
             return result
         finally:
             conv.busy = False
             conv.turn_boundary()
             if self.agent.spec.max_budget_usd is not None:
                 await self.agent.disconnect()  # the CLI's budget counts per process
+
+    async def _run(self, turn: int, prompt: str, prompt_uuid: str) -> BeatResult:
+        """Connect if needed, run the turn, journal how it ended."""
+        try:
+            async with asyncio.timeout(self.turn_timeout.total_seconds()):
+                await self._ensure_connected()
+                outcome = await self.agent.run_turn(
+                    prompt, prompt_uuid, turn, self.conversation.record
+                )
+        except TimeoutError:
+            await self.agent.interrupt()
+            await self.agent.disconnect()
+            return self._end_failed(
+                turn, "timeout", f"the turn ran longer than turn_timeout ({self.turn_timeout})"
+            )
+        except AgentFailure as failure:
+            await self.agent.disconnect()
+            return self._end_failed(turn, failure.reason, failure.detail)
+        except asyncio.CancelledError:
+            await self.agent.interrupt()
+            await self.agent.disconnect()
+            self.conversation.record(ev.turn_interrupted(turn, "shutdown"))
+            self.last = BeatResult(turn, "interrupted", "shutdown")
+            raise
+        return self._end(turn, outcome)
+
+    def _close_unjournaled_turn(self) -> None:
+        """Close a turn whose end could not be journaled (the journal failed mid-turn)."""
+        dangling = self.conversation.state.open_turn
+        if dangling is None:
+            return
+        detail = self._write_failure or "the turn's end could not be journaled"
+        self.conversation.record(ev.turn_failed(dangling.turn, "journal_write_failed", detail))
+        self._write_failure = None
+
+    def _end(self, turn: int, outcome: TurnOutcome) -> BeatResult:
+        """Journal how a turn that ran to its result ended."""
+        if outcome.is_error:
+            status = f"HTTP {outcome.api_error_status}" if outcome.api_error_status else ""
+            # The CLI's own words (e.g. "API Error: Connection dropped (ECONNRESET)").
+            said = [x for x in [*outcome.errors, outcome.text or ""] if x]
+            detail = "; ".join([status, *dict.fromkeys(said)] if status else said)
+            detail = detail or "the model API failed"
+            reason = "model_error"
+            if outcome.api_error_status in (401, 403):
+                reason, detail = "auth_failed", f"{AUTH_HINT}; {detail}"
+            if outcome.subtype == "error_max_budget_usd":
+                reason = "max_budget_exceeded"
+            return self._end_failed(turn, reason, detail)
+        quiet = self.quiet_rule.is_quiet(outcome.text)
+        self.conversation.record(ev.turn_completed(turn, quiet=quiet))
+        return BeatResult(
+            turn, "completed", quiet=quiet, reply=outcome.text, session_id=outcome.session_id
+        )
 
     def _end_failed(self, turn: int, reason: str, detail: str) -> BeatResult:
         self.conversation.record(ev.turn_failed(turn, reason, detail))
@@ -193,7 +236,11 @@ class BeatRunner:
                 drops_turn=point.drops_turn if point else None,
             )
         else:
-            # The session was assigned but the CLI never stored a transcript for it.
+            # The session was assigned but no transcript of it reached the store (the
+            # daemon or the CLI died before the first mirror flush): nothing of it can
+            # be resumed, and the CLI refuses the same id again if its own local copy
+            # exists ("Session ID ... is already in use"). Start a fresh session.
+            session_id = str(uuid.uuid4())
             plan = ConnectPlan(session_id, resume=False)
         try:
             await self.agent.connect(plan)

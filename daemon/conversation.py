@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from daemon.recovery_read import Folded
 
 Listener = Callable[[str, int, Event], None]
+HEALED_REASON = "daemon_stopped_mid_turn"
 
 
 @dataclass
@@ -161,11 +162,15 @@ class Conversation:
         self.journal.sync()
 
     def heal(self) -> OpenTurn | None:
-        """Mark a turn the previous process left unfinished as interrupted (once)."""
+        """Mark a turn the previous process left unfinished as interrupted (once).
+
+        Returns the turn healed now, if any; ``state.interrupted`` also holds a turn an
+        earlier start healed (or a drain cut off) that no later turn has followed yet.
+        """
         open_turn = self.state.open_turn
         if open_turn is None:
             return None
-        self.record(ev.turn_interrupted(open_turn.turn, "daemon_stopped_mid_turn"))
+        self.record(ev.turn_interrupted(open_turn.turn, HEALED_REASON))
         self.turn_boundary()
         return open_turn
 

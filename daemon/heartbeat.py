@@ -18,7 +18,7 @@ from daemon.agent import AgentSpec
 from daemon.beats import BeatRunner
 from daemon.config import HeartbeatConfig, SinkConfig
 from daemon.conversation import Conversation
-from jobs.backoff import idle_interval
+from jobs.backoff import failure_interval, idle_interval
 from jobs.delivery import DeliveryKey, Route
 from jobs.gate import BeatPolicy
 from jobs.ledger import JobLedger
@@ -51,13 +51,19 @@ class Job:
         return self.config.name
 
     def wanted_interval(self) -> timedelta | None:
-        """``every`` stretched by idle backoff for the current run of quiet replies."""
+        """``every`` stretched by idle backoff for the current run of quiet replies, or
+        by failure backoff for the current run of failed beats, whichever is longer."""
         cfg = self.config
         if cfg.every is None:
             return None
-        return idle_interval(
+        idle = idle_interval(
             cfg.every, self.ledger.quiet_streak, after=cfg.idle_backoff, maximum=cfg.backoff_max
         )
+        runner = self.runner
+        if runner.failures == 0:
+            return idle
+        auth = runner.last is not None and runner.last.reason == "auth_failed"
+        return max(idle, failure_interval(cfg.every, runner.failures, auth=auth))
 
 
 def agent_spec(cfg: HeartbeatConfig, env: dict[str, str]) -> AgentSpec:

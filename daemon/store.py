@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from daemon.errors import JournalFatalError, JournalWriteError
 from daemon.framing import decode_payload, encode_payload, open_line
 from daemon.fsutil import ensure_private_dir, fsync_dir
 from daemon.journal import JOURNAL_SUFFIX, FsyncPolicy, Journal, scan
@@ -81,22 +82,34 @@ class JournalSessionStore:
         self.keyring = keyring
         self.fsync = fsync
         self._streams: dict[str, _Stream] | None = None
+        self._failures: dict[str, JournalWriteError | JournalFatalError] = {}
+        self._dead: JournalFatalError | None = None
 
     # --- SessionStore protocol -----------------------------------------------------------
 
     async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
         if not entries:
             return
+        try:
+            self._append(key, entries)
+        except (JournalWriteError, JournalFatalError) as exc:
+            # The SDK retries a failed append a few times, then drops the batch and
+            # carries on: remember the failure so the turn does not count as done.
+            self._failures.setdefault(key["session_id"], exc)
+            raise
+
+    def _append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
         stream = self._stream_for(_key_tuple(key), create=True)
         assert stream is not None  # noqa: S101  # create=True always returns one
         self._ensure_loaded(stream)
         fresh: list[SessionStoreEntry] = []
+        fresh_uuids: set[str] = set()
         for entry in entries:
             uid = entry.get("uuid")
             if isinstance(uid, str):
-                if uid in stream.uuids:
+                if uid in stream.uuids or uid in fresh_uuids:
                     continue
-                stream.uuids.add(uid)
+                fresh_uuids.add(uid)
             fresh.append(entry)
         if not fresh:
             return
@@ -108,6 +121,9 @@ class JournalSessionStore:
             summary = fold_session_summary(stream.summary, key, fresh)
             payloads.append(encode_payload({"kind": "summary", "data": summary["data"]}))
         self._write(stream, payloads)
+        # Only now: a retry of a batch that failed to be written must not be skipped
+        # as already stored.
+        stream.uuids |= fresh_uuids
         if summary is not None:
             stream.summary = summary
 
@@ -116,9 +132,17 @@ class JournalSessionStore:
         if stream is None:
             return None
         out: list[SessionStoreEntry] = []
+        seen: set[str] = set()
         for record in self._records(stream):
-            if record.get("kind") == "entries":
-                out.extend(record["entries"])
+            if record.get("kind") != "entries":
+                continue
+            for entry in record["entries"]:
+                uid = entry.get("uuid")
+                if isinstance(uid, str):
+                    if uid in seen:
+                        continue  # appends are idempotent on uuid, whatever the file holds
+                    seen.add(uid)
+                out.append(entry)
         return out
 
     async def list_sessions(self, project_key: str) -> list[SessionStoreListEntry]:
@@ -168,6 +192,14 @@ class JournalSessionStore:
         )
 
     # --- vigil's own queries ---------------------------------------------------------------
+
+    def take_failure(self, session_id: str) -> JournalWriteError | JournalFatalError | None:
+        """The first append for ``session_id`` that failed since the last call, if any.
+
+        The SDK swallows a failed append (after a few retries it drops the batch), so
+        the agent asks here: a transcript that could not be stored fails the turn.
+        """
+        return self._failures.pop(session_id, None)
 
     def has_session(self, session_id: str) -> bool:
         """Whether a main transcript for ``session_id`` exists (under any project key)."""
@@ -247,12 +279,22 @@ class JournalSessionStore:
         return Journal.open(stream.path, stream.stream_id, self.keyring, fsync=self.fsync)
 
     def _write(self, stream: _Stream, payloads: list[bytes]) -> None:
+        if self._dead is not None:
+            # fsync failed before: the kernel may have dropped written pages, so no
+            # write may follow (the SDK would retry on a fresh descriptor); the daemon
+            # exits on this error.
+            raise self._dead
         journal = self._open(stream)
         try:
-            stream.last_seq = journal.append_payloads(payloads)
+            journal.append_payloads(payloads)
             journal.sync()
+        except JournalFatalError as exc:
+            self._dead = exc
+            raise
         finally:
-            stream.size = journal.size
+            # What the file holds now, whatever failed: a failed write was rolled back,
+            # a record whose fsync failed is in the file all the same.
+            stream.last_seq, stream.size = journal.last_seq, journal.size
             journal.close()
 
     def _records(self, stream: _Stream) -> list[dict[str, Any]]:

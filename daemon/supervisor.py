@@ -326,6 +326,7 @@ class Supervisor:
         self.jobs[job_cfg.name] = Job(job_cfg, runner, ledger)
         for key in settle_open(list(ledger.open_deliveries.values()), JournalDeliveryLog(conv)):
             log.warning("delivery_fenced", turn=key.turn, sink=key.sink)
+        policy = job_cfg.on_interrupted
         healed = conv.heal()
         # A turn cut off by a crash (healed just now) or by the last drain: the same
         # policy decides what follows, until the next turn starts.
@@ -421,16 +422,19 @@ class Supervisor:
         self._scheduler.add_interval(job.name, interval, first_due=first, jitter=cfg.jitter)
 
     def _apply_idle_backoff(self, job: Job) -> None:
-        """After a beat: stretch or reset the interval when the quiet streak says so."""
+        """After a beat: stretch or reset the interval when the quiet streak or the run
+        of failed beats says so."""
         interval = job.wanted_interval()
         if job.retired or interval is None or interval == job.interval:
             return
         previous = job.interval
         self._reschedule(job)
+        failures = job.runner.failures
         self.log.info(
-            "idle_backoff",
+            "failure_backoff" if failures else "idle_backoff",
             job=job.name,
             quiet_streak=job.ledger.quiet_streak,
+            failures=failures,
             interval_s=interval.total_seconds(),
             previous_interval_s=previous.total_seconds() if previous else None,
         )

@@ -1,8 +1,15 @@
-"""Backoff arithmetic (pure): idle beats stretch the interval; failed deliveries wait.
+"""Backoff arithmetic (pure): idle and failing beats stretch the interval; failed
+deliveries wait.
 
 ``idle_interval``: after ``after`` quiet beats in a row the interval doubles, and
 doubles again with each further quiet beat, up to ``maximum``; a streak shorter than
 ``after`` (a non-quiet reply resets it to 0) gives the base interval.
+
+``failure_interval``: after ``failures`` failed beats in a row (the model API, the CLI
+or the connection failing) the interval doubles per failure, up to
+``FAILURE_BACKOFF_MAX`` (never below ``every``). A rejected API key does not fix
+itself, so an authentication failure waits at least ``AUTH_PAUSE`` and doubles from
+there up to ``AUTH_PAUSE_MAX``: no tight loop of 401s.
 
 ``retry_delay``: the wait before retry ``n`` (1-based) of a failed delivery: ``base``,
 then doubling, never more than ``cap``.
@@ -12,9 +19,19 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-__all__ = ["idle_interval", "retry_delay"]
+__all__ = [
+    "AUTH_PAUSE",
+    "AUTH_PAUSE_MAX",
+    "FAILURE_BACKOFF_MAX",
+    "failure_interval",
+    "idle_interval",
+    "retry_delay",
+]
 
 _MAX_DOUBLINGS = 40  # 2**40 intervals: far beyond any maximum; keeps the numbers finite
+FAILURE_BACKOFF_MAX = timedelta(minutes=30)
+AUTH_PAUSE = timedelta(minutes=10)
+AUTH_PAUSE_MAX = timedelta(hours=2)
 
 
 def idle_interval(
@@ -22,8 +39,26 @@ def idle_interval(
 ) -> timedelta:
     if after is None or quiet_streak < after:
         return every
-    doublings = min(quiet_streak - after + 1, _MAX_DOUBLINGS)
-    return max(every, min(every * (1 << doublings), maximum))
+    return max(every, _doubled(every, quiet_streak - after + 1, maximum))
+
+
+def failure_interval(every: timedelta, failures: int, *, auth: bool = False) -> timedelta:
+    if failures < 1:
+        return every
+    if auth:
+        base = max(every, AUTH_PAUSE)
+        return _doubled(base, failures - 1, max(base, AUTH_PAUSE_MAX))
+    return max(every, _doubled(every, failures, FAILURE_BACKOFF_MAX))
+
+
+def _doubled(base: timedelta, doublings: int, cap: timedelta) -> timedelta:
+    """``base`` doubled ``doublings`` times, but never past ``cap`` (nor overflowing)."""
+    value = base
+    for _ in range(min(doublings, _MAX_DOUBLINGS)):
+        if value >= cap:
+            break
+        value *= 2
+    return min(value, cap)
 
 
 def retry_delay(

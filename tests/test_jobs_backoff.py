@@ -7,7 +7,14 @@ from datetime import timedelta
 import pytest
 
 from daemon import events
-from jobs.backoff import idle_interval, retry_delay
+from jobs.backoff import (
+    AUTH_PAUSE,
+    AUTH_PAUSE_MAX,
+    FAILURE_BACKOFF_MAX,
+    failure_interval,
+    idle_interval,
+    retry_delay,
+)
 from jobs.ledger import JobLedger
 
 EVERY = timedelta(minutes=5)
@@ -65,3 +72,26 @@ def test_retry_delays_double_and_are_capped() -> None:
     assert delays == [5, 10, 20, 30, 30]
     with pytest.raises(ValueError, match="start at 1"):
         retry_delay(0, base)
+
+
+def test_failed_beats_double_the_interval_up_to_the_failure_maximum() -> None:
+    every = timedelta(seconds=1)
+    waits = [failure_interval(every, n) for n in range(5)]
+    assert waits == [every, every * 2, every * 4, every * 8, every * 16]
+    assert failure_interval(every, 200) == FAILURE_BACKOFF_MAX
+    # A job slower than the maximum keeps its own interval.
+    assert failure_interval(timedelta(hours=1), 3) == timedelta(hours=1)
+
+
+def test_a_rejected_key_pauses_long_and_doubles_up_to_its_own_maximum() -> None:
+    every = timedelta(seconds=1)
+    waits = [failure_interval(every, n, auth=True) for n in range(1, 5)]
+    assert waits == [AUTH_PAUSE, AUTH_PAUSE * 2, AUTH_PAUSE * 4, AUTH_PAUSE * 8]
+    assert failure_interval(every, 200, auth=True) == AUTH_PAUSE_MAX
+    assert failure_interval(timedelta(days=1), 1, auth=True) == timedelta(days=1)
+
+
+def test_a_very_long_quiet_streak_stays_at_the_maximum() -> None:
+    # 2**40 hours would overflow timedelta: the doubling stops at the maximum.
+    hour = timedelta(hours=1)
+    assert idle_interval(hour, 500, after=1, maximum=timedelta(days=2)) == timedelta(days=2)
