@@ -829,9 +829,11 @@ class Supervisor:
             return
         del self.jobs[job.name]
         self.pool.forget(job.name)
-        await job.runner.agent.disconnect()
         job.runner.conversation.close()
         self.log.info("job_removed", job=job.name)
+        # Its client goes last: the CLI's orderly exit can take seconds (up to ~15 s
+        # when it must be terminated), and the job is gone already.
+        await job.runner.agent.disconnect()
 
     def _background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
