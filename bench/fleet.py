@@ -11,7 +11,9 @@ slot; and the peak RSS of the daemon plus all its descendants (sampled every 0.5
 beats arrive in ``D - 1s``, a steady ``N / (D - 1s)`` per minute, and no job beats a
 second time before ``D``. Every beat of the window is therefore a conversation's first
 beat: a new CLI process (the pool evicts the least recently used idle one) and a new
-session. ``--rate R`` picks ``D`` for R beats per minute; ``--interval D`` sets it.
+session. ``--interval D`` sets ``D``; ``--rate R`` picks it (near ``N / R``) so that
+the measured window holds R beats per minute: the offsets are a hash of the names,
+known in advance, and a plain ``N / R`` would be off by chance by 15% in a short window.
 
 **Finding the sustainable rate** (the default when neither is given): a short probe
 at ``--probe-rate`` (far above capacity) measures how many beats per minute the pool
@@ -40,6 +42,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,6 +57,7 @@ from jobs.splay import first_beat_splay
 RSS_TARGET_GB = 4.0
 SAMPLE_EVERY_S = 0.5
 FIRST_BEAT_DELAY = timedelta(seconds=1)  # daemon/supervisor.py
+_UNIT = timedelta(days=10_000)  # first_beat_splay(name, _UNIT) / _UNIT: the name's fraction
 TRIAL_FRACTIONS = (0.7, 0.85, 1.0)
 FALLBACK_FRACTIONS = (0.5, 0.35)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -106,14 +110,15 @@ def memory_kb(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-def cpu_ticks(pid: int) -> int:
+def cpu_ticks(pid: int, *, own: bool = False) -> int:
     """utime + stime + cutime + cstime: summed over a live tree, every CPU tick the
-    tree ever used, counting children that already exited (in their parent's c*time)."""
+    tree ever used, counting children that already exited (in their parent's c*time).
+    ``own``: utime + stime only (the process itself)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0
-    return sum(int(x) for x in fields[11:15])
+    return sum(int(x) for x in fields[11 : 13 if own else 15])
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -139,6 +144,7 @@ class Sample:
     clis: int
     processes: int
     tree_ticks: int
+    daemon_ticks: int  # the daemon process alone (utime + stime)
     model_ticks: int
     machine_busy: int
     machine_total: int
@@ -172,6 +178,7 @@ class TreeSampler:
             clis=sum(1 for p in pids if is_cli(p)),
             processes=sum(1 for r, _ in memory if r),
             tree_ticks=sum(cpu_ticks(p) for p in pids),
+            daemon_ticks=cpu_ticks(self.pid, own=True),
             model_ticks=cpu_ticks(self.model_pid),
             machine_busy=busy,
             machine_total=total,
@@ -235,6 +242,7 @@ class RunSpec:
     max_turns: int
     warmup: timedelta
     measure: timedelta
+    rate: float | None = None  # the offered beats per minute asked for (--rate, a trial)
 
     @property
     def jitter(self) -> timedelta:
@@ -246,12 +254,33 @@ class RunSpec:
         return self.conversations / (self.jitter.total_seconds() / 60)
 
     def names(self) -> list[str]:
-        return [f"fleet-{i:04d}" for i in range(self.conversations)]
+        return job_names(self.conversations)
 
 
-def interval_for(conversations: int, rate_per_min: float) -> timedelta:
-    jitter_ms = round(conversations / rate_per_min * 60_000)
-    return timedelta(milliseconds=jitter_ms) + timedelta(seconds=1)
+def job_names(conversations: int) -> list[str]:
+    return [f"fleet-{i:04d}" for i in range(conversations)]
+
+
+def interval_for(
+    names: list[str], rate_per_min: float, warmup: timedelta, measure: timedelta
+) -> timedelta:
+    """``every`` (jitter = every - 1s) offering ``rate_per_min`` in the measured window.
+
+    The splay is a hash, so a plain ``N / rate`` would put, by chance, 15% more or
+    fewer first beats into a 75 s window. The offsets are known in advance, so pick
+    the jitter within 25% of ``N / rate`` whose window holds the wanted count."""
+    fractions = sorted(first_beat_splay(name, _UNIT) / _UNIT for name in names)
+    low = (warmup - FIRST_BEAT_DELAY).total_seconds()  # offsets due inside the window
+    high = low + measure.total_seconds()
+    wanted = rate_per_min * measure.total_seconds() / 60
+    plain = len(names) / rate_per_min * 60
+
+    def miss(jitter: float) -> tuple[float, float]:
+        count = bisect_left(fractions, high / jitter) - bisect_left(fractions, low / jitter)
+        return abs(count - wanted), abs(jitter - plain)
+
+    best = min((plain * (0.75 + step / 2000) for step in range(1001)), key=miss)
+    return timedelta(milliseconds=round(best * 1000)) + timedelta(seconds=1)
 
 
 @dataclass
@@ -288,11 +317,13 @@ class RunResult:
         cores = os.cpu_count() or 1
         tree = (last.tree_ticks - first.tree_ticks) / CLK_TCK / seconds
         model = (last.model_ticks - first.model_ticks) / CLK_TCK / seconds
+        daemon = (last.daemon_ticks - first.daemon_ticks) / CLK_TCK / seconds
         machine_busy = last.machine_busy - first.machine_busy
         machine = cores * machine_busy / (last.machine_total - first.machine_total)
         return {
             "cores": cores,
             "vigil_tree": round(tree, 2),
+            "vigil_daemon_process": round(daemon, 2),
             "dev_model": round(model, 2),
             "rest_of_machine": round(max(machine - tree - model, 0.0), 2),
             "vigil_cpu_s_per_completed_beat": round(
@@ -307,6 +338,7 @@ class RunResult:
             "conversations": self.spec.conversations,
             "every": format_duration(self.spec.every),
             "jitter": format_duration(self.spec.jitter),
+            "rate_asked_per_min": self.spec.rate,
             "nominal_rate_per_min": round(self.spec.nominal_rate, 2),
             "max_live_clients": self.spec.max_live,
             "max_concurrent_turns": self.spec.max_turns,
@@ -460,7 +492,7 @@ def run_once(spec: RunSpec, model: LoopbackModel, *, keep: bool) -> RunResult:
     requests_before = int(model.stats()["message_requests"])
     log(
         f"{spec.label}: {spec.conversations} jobs every {format_duration(spec.every)}, "
-        f"offered {spec.nominal_rate:.1f}/min; site {root}; load {load_before}"
+        f"offered {spec.rate or spec.nominal_rate:.1f}/min; site {root}; load {load_before}"
     )
     started = time.monotonic()
     with stdout.open("wb") as out, (root / "daemon.err").open("wb") as err:
@@ -540,14 +572,16 @@ def wait_until(proc: subprocess.Popen[bytes], when: datetime, sampler: TreeSampl
 
 
 def trial_spec(args: argparse.Namespace, label: str, rate: float) -> RunSpec:
+    warmup, measure = timedelta(seconds=args.trial_warmup), timedelta(seconds=args.trial_seconds)
     return RunSpec(
         label,
         args.conversations,
-        interval_for(args.conversations, rate),
+        interval_for(job_names(args.conversations), rate, warmup, measure),
         args.max_live_clients,
         args.max_concurrent_turns,
-        timedelta(seconds=args.trial_warmup),
-        timedelta(seconds=args.trial_seconds),
+        warmup,
+        measure,
+        rate,
     )
 
 
@@ -590,14 +624,16 @@ def fmt(value: float | None, unit: str = "s") -> str:
 def print_trials(trials: list[RunResult], out: IO[str]) -> None:
     print("rate search (each trial: a fresh site and daemon)", file=out)
     print(
-        f"  {'trial':<11}{'offered/min':>12}{'done/min':>10}{'backlog':>12}{'slope/min':>10}"
+        f"  {'trial':<11}{'asked/min':>10}{'offered/min':>12}{'done/min':>10}"
+        f"{'backlog':>12}{'slope/min':>10}"
         f"{'no_cap':>8}{'p50 due->delta':>16}{'peak RSS':>10}  verdict",
         file=out,
     )
     for t in trials:
         s = t.stats
         print(
-            f"  {t.spec.label:<11}{s.offered_per_min:>12.1f}{s.completed_per_min:>10.1f}"
+            f"  {t.spec.label:<11}{t.spec.rate or 0:>10.1f}{s.offered_per_min:>12.1f}"
+            f"{s.completed_per_min:>10.1f}"
             f"{f'{s.backlog_start}->{s.backlog_end}':>12}{s.backlog_slope:>+10.1f}"
             f"{s.no_capacity:>8}{fmt(s.due_to_first_delta.p50):>16}"
             f"{t.peak.rss_kb / 2**20:>8.2f}GB  " + ("kept up" if t.kept_up else "fell behind"),
@@ -660,7 +696,8 @@ def print_run(result: RunResult, out: IO[str]) -> None:
         ),
         (
             "CPU in window (cores)",
-            f"vigil {cpu.get('vigil_tree', '-')}, dev model {cpu.get('dev_model', '-')}, "
+            f"vigil {cpu.get('vigil_tree', '-')} (daemon process "
+            f"{cpu.get('vigil_daemon_process', '-')}), dev model {cpu.get('dev_model', '-')}, "
             f"rest of machine {cpu.get('rest_of_machine', '-')} of {cpu.get('cores', '-')}; "
             f"{cpu.get('vigil_cpu_s_per_completed_beat', '-')} CPU s per beat",
         ),
@@ -741,6 +778,8 @@ def main(argv: list[str] | None = None) -> int:
     model = LoopbackModel()
     trials: list[RunResult] = []
     found: float | None = None
+    rate: float | None = None
+    warmup, measure = timedelta(seconds=args.warmup), timedelta(minutes=args.minutes)
     try:
         if args.interval is not None:
             every = args.interval
@@ -748,18 +787,19 @@ def main(argv: list[str] | None = None) -> int:
             rate = args.rate
             if rate is None:
                 found, trials = find_rate(args, model)
-                rate = found if found is not None else min(t.spec.nominal_rate for t in trials)
+                rate = found if found is not None else min(t.spec.rate or 0.0 for t in trials)
                 if found is None:
                     log(f"no trial kept up; the main run uses the lowest rate tried ({rate}/min)")
-            every = interval_for(args.conversations, rate)
+            every = interval_for(job_names(args.conversations), rate, warmup, measure)
         spec = RunSpec(
             "main",
             args.conversations,
             every,
             args.max_live_clients,
             args.max_concurrent_turns,
-            timedelta(seconds=args.warmup),
-            timedelta(minutes=args.minutes),
+            warmup,
+            measure,
+            rate,
         )
         result = run_once(spec, model, keep=args.keep)
     finally:
@@ -776,7 +816,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if trials:
         print_trials(trials, sys.stdout)
-        print(f"  highest offered rate that kept up: {found}/min\n")
+        print(f"  highest asked rate that kept up: {found}/min\n")
     print_run(result, sys.stdout)
     print()
     for name, ok, value in checks:
