@@ -18,8 +18,9 @@ known in advance, and a plain ``N / R`` would be off by chance by 15% in a short
 **Finding the sustainable rate** (the default when neither is given): a short probe
 at ``--probe-rate`` (far above capacity) measures how many beats per minute the pool
 completes when saturated; then trials at 70%, 85% and 100% of that, ascending, until
-one does not keep up (a ``no_capacity`` skip, or a backlog of waiting beats growing by
-more than 10% of the offered rate per minute). The main run uses the highest rate that
+one does not keep up (a ``no_capacity`` skip, or a backlog of waiting beats that grew:
+by more than ``max_concurrent_turns`` from the window's start to its end, or with a
+least-squares slope above 10% of the offered rate). The main run uses the highest rate that
 kept up. With D of many minutes no beat can wait past its window (D) within a short
 run, so in practice the backlog's growth is what decides.
 

@@ -12,7 +12,8 @@ Within a measured window ``[start, end)``:
 * *due -> first delta*: the first streamed ``delta`` of a turn minus its ``due_at``,
   over the turns that came due in the window (slot wait + client connect + model);
 * *backlog(t)*: beats due at ``t`` that had not started (nor been skipped) by ``t``;
-  its least-squares slope over the window says whether the daemon kept up.
+  the daemon kept up if it ended the window no more than one round of turns above
+  where it started and its least-squares slope stayed small.
 """
 
 from __future__ import annotations
@@ -168,11 +169,12 @@ class WindowStats:
         return self.skipped["no_capacity"]
 
     def kept_up(self, max_turns: int) -> bool:
-        """No beat skipped for lack of capacity, and the backlog did not grow: its
-        slope stayed within 10% of the offered rate, or it ended no longer than the
-        number of turn slots (a queue that size drains in one round of turns)."""
+        """No beat skipped for lack of capacity, and the backlog did not grow: it ended
+        at most ``max_turns`` above where it started (one round of turns drains that)
+        and its slope stayed within 10% of the offered rate."""
+        grew = self.backlog_end - self.backlog_start > max_turns
         growing = self.backlog_slope > GROWTH_TOLERANCE * self.offered_per_min
-        return self.no_capacity == 0 and (not growing or self.backlog_end <= max_turns)
+        return self.no_capacity == 0 and not grew and not growing
 
     def as_json(self) -> dict[str, Any]:
         return {

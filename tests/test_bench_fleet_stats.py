@@ -66,6 +66,19 @@ def test_window_counts_rates_latency_and_a_growing_backlog() -> None:
     assert stats.skipped == {} and stats.connects == stats.started
 
 
+def test_a_queue_that_drains_kept_up() -> None:
+    # one beat due every 3 s, each served within 2 s: the backlog never exceeds one
+    beats = []
+    for i in range(40):
+        due = 3.0 * i
+        beats += beats_of(f"j{i}", turn(due, due + 1, due + 1.5, due + 2))
+    stats = window_stats(beats, T0 + timedelta(seconds=10), T0 + timedelta(seconds=100))
+    assert stats.offered == 30 and stats.completed == 30
+    assert stats.backlog_max == 1 and abs(stats.backlog_slope) < 1
+    assert stats.kept_up(max_turns=4)
+    assert stats.due_to_first_delta.p50 == 1.5 and stats.waited.p99 == 1
+
+
 def test_percentiles_interpolate_between_ranks() -> None:
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 50) == 50.5
