@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,20 +70,31 @@ def time_start(root: Path) -> tuple[float, float | None]:
         text=True,
     )
     ready_s: float | None = None
-    mirror_s = None
+    mirror_at: list[float] = []
+
+    def read_log() -> None:  # keeps the pipe drained; notes when the mirror is rebuilt
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if not mirror_at and '"event": "mirror_ready"' in line:
+                mirror_at.append(time.perf_counter() - t0)
+            if '"event": "recovered"' in line:
+                print(f"daemon log: {line.strip()}")
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
     try:
         while ready_s is None:
             message = sock.recv(4096).decode()
             if "READY=1" in message.split("\n"):
                 ready_s = time.perf_counter() - t0
-        assert proc.stdout is not None
-        for line in proc.stdout:  # the log: the mirror is rebuilt in the background
-            if '"event": "mirror_ready"' in line:
-                mirror_s = time.perf_counter() - t0
-                break
+        deadline = time.monotonic() + 300
+        while not mirror_at and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
+        reader.join(timeout=10)
+    mirror_s = mirror_at[0] if mirror_at else None
     assert ready_s is not None
     return ready_s, mirror_s
 

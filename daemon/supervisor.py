@@ -62,6 +62,7 @@ from jobs.gate import check_beat
 from jobs.ledger import JobLedger
 from jobs.schedule import CronSchedule
 from jobs.sinks import Reply
+from jobs.splay import first_beat_splay
 
 EXTEND_EVERY_S = 5.0
 MIRROR_FLUSH_S = 0.5
@@ -376,8 +377,8 @@ class Supervisor:
         if interval is None:
             self._scheduler.add_cron(name, cfg.cron or "", cfg.zone)
             return run_now
-        if since is None:
-            first = now + FIRST_BEAT_DELAY
+        if since is None:  # spread over the jitter, so a fleet does not fire at once
+            first = now + FIRST_BEAT_DELAY + first_beat_splay(name, cfg.jitter)
         elif replaying or run_now:
             first = now + interval
         elif missed is not None:
