@@ -25,6 +25,7 @@ from pathlib import Path
 from daemon.conversation import ConversationState
 from daemon.framing import Frame, decode_payload
 from daemon.journal import ScanResult, scan
+from daemon.journal_bulk import NotPlain, read_payloads
 from daemon.keyring import Keyring
 from jobs.ledger import JobLedger
 
@@ -43,16 +44,32 @@ class Folded:
 
 
 def fold_journal(path: Path, name: str, keyring: Keyring) -> Folded:
-    """Read and fold one journal (raises the journal's errors)."""
-    state = ConversationState()
-    ledger = JobLedger()
+    """Read and fold one journal (raises the journal's errors).
+
+    The common case, a journal of nothing but whole records, takes the block reader
+    (``journal_bulk``, the same checks, about twice as fast); anything else (a torn
+    tail, damage) is read again with ``scan``, which cuts or reports it.
+    """
+    size = path.stat().st_size
+    try:
+        state, ledger = ConversationState(), JobLedger()
+        records = 0
+        for payloads in read_payloads(path, name, keyring):
+            for payload in payloads:
+                event = decode_payload(payload)
+                state.feed(event)
+                ledger.feed(event)
+            records += len(payloads)
+        return Folded(ScanResult(records, records, size, None), size, state, ledger)
+    except NotPlain:
+        pass
+    state, ledger = ConversationState(), JobLedger()
 
     def visit(frame: Frame) -> None:
         event = decode_payload(frame.payload)
         state.feed(event)
         ledger.feed(event)
 
-    size = path.stat().st_size
     result = scan(path, name, keyring, visit)
     return Folded(result, size, state, ledger)
 

@@ -21,6 +21,11 @@ from jobs.budget import SpendLedger, parse_at
 __all__ = ["JobLedger", "OpenDelivery"]
 
 
+def _when(event: Mapping[str, Any]) -> datetime | None:
+    at = event.get("at")
+    return parse_at(at) if isinstance(at, str) and at else None
+
+
 @dataclass(frozen=True)
 class OpenDelivery:
     """A delivery whose last journaled step is ``started`` or a failure with a retry due."""
@@ -42,13 +47,14 @@ class JobLedger:
 
     def feed(self, event: Mapping[str, Any]) -> None:
         kind = event.get("type")
-        at = event.get("at")
-        when = parse_at(at) if isinstance(at, str) and at else None
+        if kind == "delta":  # most events; nothing here needs them
+            return
         if kind == "turn_started":
+            when = _when(event)
             self.last_started_at = when or self.last_started_at
             self.last_due_at = when or self.last_due_at
         elif kind == "beat_skipped":
-            self.last_due_at = when or self.last_due_at
+            self.last_due_at = _when(event) or self.last_due_at
         elif kind == "turn_completed":
             self.quiet_streak = self.quiet_streak + 1 if event.get("quiet") else 0
         elif kind == "result":
