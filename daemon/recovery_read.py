@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,11 +118,26 @@ def fold_all(
         return {}
     global _keyring  # noqa: PLW0603  # inherited by the forked workers, nothing else
     _keyring = keyring
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals)
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            if meanwhile is not None:
-                meanwhile()
-            done = pool.imap_unordered(_fold_in_worker, journals, chunksize=4)
-            return {name: folded for name, folded in done if folded is not None}
+        if meanwhile is not None:
+            meanwhile()
+        done = pool.imap_unordered(_fold_in_worker, journals, chunksize=4)
+        folded = {name: result for name, result in done if result is not None}
+        pool.close()  # the workers exit on their own once the queue is empty
+        pool.join()
+        return folded
+    except BaseException:
+        pool.terminate()  # SIGTERM, which _worker_signals made fatal again
+        raise
     finally:
         _keyring = None
+
+
+def _worker_signals() -> None:
+    """A forked worker inherits the event loop's signal set-up: SIGTERM and SIGINT only
+    written to the loop's wakeup pipe. Give them back their default (fatal) action,
+    so ``Pool.terminate`` ends the workers, and leave the parent's pipe alone."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import signal
 from pathlib import Path
+
+import pytest
 
 from daemon import events as ev
 from daemon.conversation import Conversation
@@ -111,3 +115,25 @@ def test_one_worker_means_the_caller_reads_everything(tmp_path: Path) -> None:
     write_conversation(tmp_path, "b", turns=1)
     journals = [(tmp_path / "a.jsonl", "a"), (tmp_path / "b.jsonl", "b")]
     assert fold_all(journals, RING, workers=1) == {}
+
+
+@pytest.mark.timeout(120)
+def test_workers_end_even_under_the_daemons_signal_handlers(tmp_path: Path) -> None:
+    # The daemon reads while its event loop holds SIGTERM/SIGINT (noop handlers plus a
+    # wakeup pipe); forked workers inherit that. They must still end every time, or
+    # start-up hangs before READY (it did, now and then, before they reset them).
+    for i in range(8):
+        write_conversation(tmp_path, f"job{i}", turns=2)
+    journals = [(tmp_path / f"job{i}.jsonl", f"job{i}") for i in range(8)]
+
+    async def start_ups() -> list[int]:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, lambda: None)
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        try:
+            return [len(fold_all(journals, RING, workers=2)) for _ in range(12)]
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+            loop.remove_signal_handler(signal.SIGINT)
+
+    assert asyncio.run(start_ups()) == [8] * 12
