@@ -32,10 +32,10 @@ from daemon.journal import FsyncPolicy, Journal, read_events
 from daemon.keyring import Keyring
 
 
-def write_conversation(path: Path, name: str, keyring: Keyring, records: int) -> None:
+def write_conversation(path: Path, name: str, keyring: Keyring, records: int, cwd: str) -> None:
     journal = Journal.open(path, name, keyring, fsync=FsyncPolicy.NEVER)
     payloads = [
-        encode_payload(ev.session_bound("0" * 8 + "-0000-4000-8000-" + "0" * 12, "/", mode="new"))
+        encode_payload(ev.session_bound("0" * 8 + "-0000-4000-8000-" + "0" * 12, cwd, mode="new"))
     ]
     turn = 0
     while len(payloads) < records:
@@ -110,10 +110,11 @@ def main() -> None:
     conversations = root / "state" / "conversations"
     conversations.mkdir(parents=True)
     (root / "agents").mkdir()
+    agents = str((root / "agents").resolve())  # the jobs' cwd, as the config resolves it
     names = [f"job-{i:04d}" for i in range(args.conversations)]
     t0 = time.perf_counter()
     for name in names:
-        write_conversation(conversations / f"{name}.jsonl", name, keyring, args.records)
+        write_conversation(conversations / f"{name}.jsonl", name, keyring, args.records, agents)
     total = args.conversations * args.records
     took = time.perf_counter() - t0
     print(f"wrote {total:,} records in {args.conversations} journals in {took:.1f}s")

@@ -583,36 +583,39 @@ class Supervisor:
         self.tasks.add(task)
         job.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        task.add_done_callback(job.tasks.discard)
+        task.add_done_callback(lambda done: self._beat_done(job, done))
         self._waiting[name] = task  # until it holds a turn slot
+
+    def _beat_done(self, job: Job, task: asyncio.Task[None]) -> None:
+        """A job removed by a reload closes once its last beat is over, whichever of the
+        two happened first (checked here, when the task is really finished)."""
+        job.tasks.discard(task)
+        if job.retired and not job.tasks and not self.draining:
+            self._background(self._close_job(job), f"close:{job.name}")
 
     async def _beat(self, job: Job, prompt: str, trigger: Trigger, due: datetime) -> None:
         runner = job.runner
         try:
-            try:
-                result = await self._leased_beat(job, prompt, trigger, due)
-            except JournalFatalError as exc:
-                self._die(exc)
-                await runner.agent.disconnect()
-                return
-            except JournalWriteError as exc:
-                self._degrade(job.name, exc)
-                await runner.agent.disconnect()
-                return
-            if self.degraded is not None:
-                self.degraded = None
-            self._report(job.name, result)
-            if result.outcome == "skipped":
-                return
-            if job.reconnect_after_turn:
-                job.reconnect_after_turn = False
-                await runner.agent.disconnect()
-            self._apply_idle_backoff(job)
-            if result.outcome == "completed" and not result.quiet and result.reply:
-                await self._deliver(job, result)
-        finally:
-            if job.retired and job.tasks <= {asyncio.current_task()}:
-                await self._close_job(job)
+            result = await self._leased_beat(job, prompt, trigger, due)
+        except JournalFatalError as exc:
+            self._die(exc)
+            await runner.agent.disconnect()
+            return
+        except JournalWriteError as exc:
+            self._degrade(job.name, exc)
+            await runner.agent.disconnect()
+            return
+        if self.degraded is not None:
+            self.degraded = None
+        self._report(job.name, result)
+        if result.outcome == "skipped":
+            return
+        if job.reconnect_after_turn:
+            job.reconnect_after_turn = False
+            await runner.agent.disconnect()
+        self._apply_idle_backoff(job)
+        if result.outcome == "completed" and not result.quiet and result.reply:
+            await self._deliver(job, result)
 
     async def _leased_beat(
         self, job: Job, prompt: str, trigger: Trigger, due: datetime
