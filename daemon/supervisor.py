@@ -279,10 +279,24 @@ class Supervisor:
         if folded is not None:
             conv = Conversation.open_folded(directory, name, self.keyring, folded, fsync=self.fsync)
             if conv is not None:
-                return conv, folded.ledger
+                return self._log_tail_cut(conv), folded.ledger
         ledger = JobLedger()  # not read yet, or changed since the worker read it
         conv = Conversation.open(directory, name, self.keyring, fsync=self.fsync, visit=ledger.feed)
-        return conv, ledger
+        return self._log_tail_cut(conv), ledger
+
+    def _log_tail_cut(self, conv: Conversation) -> Conversation:
+        """Say at once that a torn tail was cut (its copy is kept beside the journal)."""
+        cut = conv.tail_cut
+        if cut is not None:
+            self.log.warning(
+                "torn_tail_cut",
+                job=conv.name,
+                line=cut.tail.line,
+                reason=cut.tail.reason,
+                bytes_cut=cut.bytes_cut,
+                kept_as=str(cut.broken_copy),
+            )
+        return conv
 
     def _register_job(
         self, job_cfg: HeartbeatConfig, conv: Conversation, ledger: JobLedger
@@ -294,15 +308,6 @@ class Supervisor:
         conv.listeners.append(lambda _name, _seq, event: ledger.feed(event))
         conv.listeners.append(self.mirror.apply)
         log = self.log.bind(job=job_cfg.name)
-        if conv.tail_cut is not None:
-            cut = conv.tail_cut
-            log.warning(
-                "torn_tail_cut",
-                line=cut.tail.line,
-                reason=cut.tail.reason,
-                bytes_cut=cut.bytes_cut,
-                kept_as=str(cut.broken_copy),
-            )
         remembered = conv.state.cwd
         if remembered is not None and remembered != str(job_cfg.cwd):
             log.error(

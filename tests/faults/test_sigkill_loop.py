@@ -294,7 +294,9 @@ def test_sigkill_loop_loses_nothing(
 
     assert not problems, "\n".join(problems[:30])
     assert done.returncode == 0 and report["ok"], done.stdout[-3000:]
-    assert len(broken) == cuts, f"{len(broken)} copies kept for {cuts} cut tails"
+    # Every cut keeps a copy. A kill during recovery can land between a cut and its log
+    # line, so a copy may have no line; never more such copies than recovery kills.
+    assert cuts <= len(broken) <= cuts + hits["recovery"], f"{len(broken)} copies, {cuts} cuts"
     assert not left, f"CLI processes outlived their daemon: {[o.command for o in left]}"
     assert set(hits) == set(KINDS) and min(hits.values()) >= len(plan) // 5, dict(hits)
 
