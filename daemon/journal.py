@@ -243,19 +243,7 @@ class Journal:
             return cls(
                 path, stream_id, keyring, fd=fd, last_seq=0, size=0, fsync=fsync, tail_cut=None
             )
-        result = scan(path, stream_id, keyring, visit)
-        tail_cut = _cut_tail(path, result) if result.tail is not None else None
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        return cls(
-            path,
-            stream_id,
-            keyring,
-            fd=fd,
-            last_seq=result.last_seq,
-            size=result.good_end,
-            fsync=fsync,
-            tail_cut=tail_cut,
-        )
+        return cls._adopt(path, stream_id, keyring, scan(path, stream_id, keyring, visit), fsync)
 
     @classmethod
     def open_scanned(
@@ -273,6 +261,13 @@ class Journal:
         is no longer that size: read it again with :meth:`open`."""
         if path.stat().st_size != size:
             return None
+        return cls._adopt(path, stream_id, keyring, result, fsync)
+
+    @classmethod
+    def _adopt(
+        cls, path: Path, stream_id: str, keyring: Keyring, result: ScanResult, fsync: FsyncPolicy
+    ) -> Journal:
+        """Open a scanned journal for appending, cutting its torn tail first."""
         tail_cut = _cut_tail(path, result) if result.tail is not None else None
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         return cls(
