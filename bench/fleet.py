@@ -55,13 +55,13 @@ from typing import IO, Any
 
 from bench.fleet_stats import Beat, WindowStats, beats_of, parse_at, percentile, window_stats
 from daemon.durations import format_duration, parse_duration
-from daemon.journal import read_events
-from daemon.keyring import Keyring, generate_key_file
+from daemon.journal.file import read_events
+from daemon.journal.keyring import Keyring, generate_key_file
 from jobs.splay import first_beat_splay
 
 RSS_TARGET_GB = 4.0
 SAMPLE_EVERY_S = 0.5
-FIRST_BEAT_DELAY = timedelta(seconds=1)  # daemon/supervisor.py
+FIRST_BEAT_DELAY = timedelta(seconds=1)  # daemon/runtime/supervisor.py
 _UNIT = timedelta(days=10_000)  # first_beat_splay(name, _UNIT) / _UNIT: the name's fraction
 TRIAL_FRACTIONS = (0.8, 0.9, 1.0, 1.1, 1.2)  # of the probe's throughput, ascending
 FALLBACK_FRACTIONS = (0.6, 0.4)  # when even the first one fell behind
@@ -201,11 +201,11 @@ class TreeSampler:
 
 
 class LoopbackModel:
-    """``python -m daemon.devmodel`` on 127.0.0.1 (what ``vigil dev-model`` runs)."""
+    """``python -m daemon.testing.devmodel`` on 127.0.0.1 (what ``vigil dev-model`` runs)."""
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.devmodel", "--port", "0"],
+            [sys.executable, "-m", "daemon.testing.devmodel", "--port", "0"],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
@@ -505,7 +505,7 @@ def run_once(spec: RunSpec, model: LoopbackModel, *, keep: bool) -> RunResult:
     started = time.monotonic()
     with stdout.open("wb") as out, (root / "daemon.err").open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "daemon.cli.main", "run", "--config", str(config)],
             stdout=out,
             stderr=err,
             stdin=subprocess.DEVNULL,

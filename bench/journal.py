@@ -29,9 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon.framing import encode_payload
-from daemon.journal import FsyncPolicy, Journal, read_events
-from daemon.keyring import Keyring
+from daemon.journal.file import FsyncPolicy, Journal, read_events
+from daemon.journal.framing import encode_payload
+from daemon.journal.keyring import Keyring
 
 STREAM = "bench"
 SYNC_EVERY = 50

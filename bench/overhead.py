@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from daemon import events as ev
-from daemon.conversation import Conversation
-from daemon.journal import FsyncPolicy
-from daemon.keyring import Keyring
+from daemon.journal.conversation import Conversation
+from daemon.journal.file import FsyncPolicy
+from daemon.journal.keyring import Keyring
 from daemon.logs import configure_logging, get_logger
 
 TURN_EVENTS = 50

@@ -35,13 +35,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from daemon import events as ev
-from daemon.conversation import conversation_names, journal_path
-from daemon.framing import decode_payload, encode_payload
-from daemon.journal import FsyncPolicy, Journal, scan
-from daemon.journal_bulk import read_payloads
-from daemon.keyring import Keyring
-from daemon.mirror import DumpRow, Mirror, events_feed
-from daemon.mirror_rebuild import rebuild
+from daemon.journal.bulk import read_payloads
+from daemon.journal.conversation import conversation_names, journal_path
+from daemon.journal.file import FsyncPolicy, Journal, scan
+from daemon.journal.framing import decode_payload, encode_payload
+from daemon.journal.keyring import Keyring
+from daemon.mirror.db import DumpRow, Mirror, events_feed
+from daemon.mirror.rebuild import rebuild
 
 TARGET = 100_000
 _TEXT = (

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 from daemon import events as ev
-from daemon.framing import encode_payload
-from daemon.journal import FsyncPolicy, Journal, read_events
-from daemon.keyring import Keyring
+from daemon.journal.file import FsyncPolicy, Journal, read_events
+from daemon.journal.framing import encode_payload
+from daemon.journal.keyring import Keyring
 
 
 def write_conversation(path: Path, name: str, keyring: Keyring, records: int, cwd: str) -> None:
@@ -63,7 +63,7 @@ def time_start(root: Path) -> tuple[float, float | None]:
     env = dict(os.environ, NOTIFY_SOCKET=str(sock_path))
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "run", "--config", str(root / "vigil.toml")],
+        [sys.executable, "-m", "daemon.cli.main", "run", "--config", str(root / "vigil.toml")],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

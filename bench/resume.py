@@ -20,13 +20,13 @@ import time
 import uuid
 from pathlib import Path
 
-from daemon.agent import AgentSession, AgentSpec, ConnectPlan
-from daemon.devmodel import DevModelServer
+from daemon.agent.sdk import AgentSession, AgentSpec, ConnectPlan
+from daemon.agent.store import JournalSessionStore
 from daemon.events import Event, event_type
-from daemon.journal import FsyncPolicy
-from daemon.keyring import Keyring
+from daemon.journal.file import FsyncPolicy
+from daemon.journal.keyring import Keyring
 from daemon.layout import Layout
-from daemon.store import JournalSessionStore
+from daemon.testing.devmodel import DevModelServer
 
 
 class FirstDelta:

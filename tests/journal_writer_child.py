@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from daemon.errors import JournalWriteError
-from daemon.framing import encode_payload
-from daemon.journal import FsyncPolicy, Journal
-from daemon.keyring import Keyring
+from daemon.journal.file import FsyncPolicy, Journal
+from daemon.journal.framing import encode_payload
+from daemon.journal.keyring import Keyring
 
 STREAM_ID = "kill-test"
 MAX_SECONDS = 20.0  # a child whose parent vanished stops on its own

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from daemon import cli_mirror
-from daemon.cli import main
-from daemon.config import load_config
-from daemon.conversation import journal_path
-from daemon.keyring import Keyring, generate_key_file
+from daemon.cli import mirror as cli_mirror
+from daemon.cli.main import main
+from daemon.config.model import load_config
+from daemon.journal.conversation import journal_path
+from daemon.journal.keyring import Keyring, generate_key_file
+from daemon.journal.lock import StateLock
 from daemon.layout import Layout
-from daemon.lock import StateLock
 from tests.test_mirror import sample_streams, write_journals
 from tests.test_verify import tamper_line
 
@@ -187,7 +187,7 @@ def test_a_rebuild_with_workers_from_the_command_line_verifies(
     """``vigil rebuild --workers 2`` as an operator runs it (its own process, a progress
     bar on a terminal): the workers' rows are what ``vigil verify`` rebuilds itself."""
     config, _ = setup
-    vigil = [sys.executable, "-m", "daemon.cli"]
+    vigil = [sys.executable, "-m", "daemon.cli.main"]
     cfg = ["--config", str(config)]
     argv = [*vigil, "rebuild", "--workers", "2", *cfg]
     leader, follower = pty.openpty()
@@ -215,7 +215,7 @@ def test_a_rebuild_with_workers_from_the_command_line_verifies(
 
 def test_rebuild_summary_line_and_progress_bar_on_a_terminal(setup: tuple[Path, Layout]) -> None:
     config, _ = setup
-    argv = [sys.executable, "-m", "daemon.cli", "rebuild", "--config", str(config)]
+    argv = [sys.executable, "-m", "daemon.cli.main", "rebuild", "--config", str(config)]
     plain = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
     assert plain.returncode == 0
     assert plain.stderr == ""

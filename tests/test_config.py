@@ -15,7 +15,7 @@ from apscheduler.triggers.cron import CronTrigger
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.config import (
+from daemon.config.model import (
     Config,
     ConfigError,
     ConfigProblem,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon import events
-from daemon.conversation import Conversation
-from daemon.journal import FsyncPolicy
-from daemon.keyring import Keyring, generate_key_file
+from daemon.journal.conversation import Conversation
+from daemon.journal.file import FsyncPolicy
+from daemon.journal.keyring import Keyring, generate_key_file
 
 
 def open_conv(tmp_path: Path) -> Conversation:

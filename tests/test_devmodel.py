@@ -1,6 +1,6 @@
 """The loopback model: wire format, directives, fault control, stats, loopback only.
 
-Most tests talk plain HTTP to ``python -m daemon.devmodel --port 0`` started as a
+Most tests talk plain HTTP to ``python -m daemon.testing.devmodel --port 0`` started as a
 subprocess (the way other suites will use it); a few drive ``DevModelServer`` in
 process; one runs the real SDK and bundled CLI against it.
 """
@@ -33,7 +33,7 @@ from claude_agent_sdk import (
     TextBlock,
 )
 
-from daemon.devmodel import DevModelServer, NotLoopbackError, check_loopback, run_forever
+from daemon.testing.devmodel import DevModelServer, NotLoopbackError, check_loopback, run_forever
 
 ROOT = Path(__file__).resolve().parent.parent
 Json = dict[str, Any]
@@ -42,7 +42,7 @@ Json = dict[str, Any]
 @pytest.fixture(scope="module")
 def server_url() -> Iterator[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.devmodel", "--port", "0"],
+        [sys.executable, "-m", "daemon.testing.devmodel", "--port", "0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -392,7 +392,7 @@ def test_loopback_addresses_are_accepted() -> None:
 
 def test_command_line_refuses_a_public_host_with_a_clear_error() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "daemon.devmodel", "--host", NOT_LOOPBACK[0], "--port", "0"],
+        [sys.executable, "-m", "daemon.testing.devmodel", "--host", NOT_LOOPBACK[0], "--port", "0"],
         cwd=ROOT,
         capture_output=True,
         text=True,

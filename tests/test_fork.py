@@ -17,20 +17,20 @@ import pytest
 from claude_agent_sdk.types import SessionKey, SessionStoreEntry
 
 from daemon import events as ev
-from daemon import fork as fork_module
-from daemon.agent import ForkedTranscript, fork_transcript, project_key
-from daemon.cli import main
-from daemon.conversation import Conversation, ConversationState, journal_path
+from daemon.agent.sdk import ForkedTranscript, fork_transcript, project_key
+from daemon.agent.store import JournalSessionStore
+from daemon.cli.main import main
 from daemon.errors import ForkRefusedError
 from daemon.events import Event
-from daemon.fork import ForkPoint, check_target_cwd, fork_conversation, fork_point
-from daemon.heal import fold
-from daemon.history import render_history
-from daemon.journal import FsyncPolicy, Journal
-from daemon.keyring import Keyring, generate_key_file
+from daemon.events.heal import fold
+from daemon.journal.conversation import Conversation, ConversationState, journal_path
+from daemon.journal.file import FsyncPolicy, Journal
+from daemon.journal.keyring import Keyring, generate_key_file
 from daemon.layout import Layout
-from daemon.mirror import Mirror
-from daemon.store import JournalSessionStore
+from daemon.mirror.db import Mirror
+from daemon.ops import fork as fork_module
+from daemon.ops.fork import ForkPoint, check_target_cwd, fork_conversation, fork_point
+from daemon.ops.history import render_history
 
 AT = "2026-11-21T10:00:00.000Z"
 CWD = "/srv/agents/alpha"

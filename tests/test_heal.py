@@ -6,9 +6,9 @@ from pathlib import Path
 
 from daemon import events
 from daemon.events import Event
-from daemon.heal import fold
-from daemon.journal import FsyncPolicy, Journal, read_events
-from daemon.keyring import Keyring
+from daemon.events.heal import fold
+from daemon.journal.file import FsyncPolicy, Journal, read_events
+from daemon.journal.keyring import Keyring
 
 T0, T1, T2 = "2026-11-21T13:00:00.000Z", "2026-11-21T13:00:05.000Z", "2026-11-21T13:00:09.000Z"
 

@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from daemon import events
-from daemon.conversation import Conversation
-from daemon.journal import FsyncPolicy
-from daemon.keyring import Keyring
+from daemon.journal.conversation import Conversation
+from daemon.journal.file import FsyncPolicy
+from daemon.journal.keyring import Keyring
 from jobs.budget import SpendLedger, turn_cost_steps
 from jobs.gate import BeatPolicy, check_beat
 from jobs.ledger import JobLedger

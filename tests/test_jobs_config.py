@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import Config, ConfigError, load_config
-from daemon.heartbeat import agent_spec, schedule_key
-from daemon.reload import daemon_changes, diff_jobs, reload_problems
+from daemon.config.model import Config, ConfigError, load_config
+from daemon.runtime.job import agent_spec, schedule_key
+from daemon.runtime.reload import daemon_changes, diff_jobs, reload_problems
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from daemon import events
-from daemon.heal import fold
+from daemon.events.heal import fold
 from jobs.delivery import DeliveryKey, Route, deliver, settle_open
 from jobs.ledger import JobLedger
 from jobs.sinks import MemorySink, Reply

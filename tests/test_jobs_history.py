@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from daemon import events
-from daemon.heal import fold
-from daemon.history import render_history
+from daemon.events.heal import fold
+from daemon.ops.history import render_history
 
 T = "2026-05-04T10:00:00.000Z"
 

@@ -23,9 +23,9 @@ from daemon.errors import (
     VigilError,
     WrongKeyError,
 )
-from daemon.framing import Frame, decode_payload
-from daemon.journal import FsyncPolicy, Journal, read_events, scan
-from daemon.keyring import KeyEntry, Keyring, generate_key_file, rotate_key_file
+from daemon.journal.file import FsyncPolicy, Journal, read_events, scan
+from daemon.journal.framing import Frame, decode_payload
+from daemon.journal.keyring import KeyEntry, Keyring, generate_key_file, rotate_key_file
 
 STREAM = "inbox"
 RING = Keyring.generate()

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 
 from daemon import events as ev
-from daemon import journal_bulk
-from daemon.framing import decode_payload
-from daemon.journal import FsyncPolicy, Journal, scan
-from daemon.journal_bulk import NotPlain, read_payloads
-from daemon.keyring import KeyEntry, Keyring
-from daemon.mirror import DumpRow, Mirror
-from daemon.mirror_rebuild import journal_feed
-from daemon.mirror_rows import fold_journal
+from daemon.journal import bulk as journal_bulk
+from daemon.journal.bulk import NotPlain, read_payloads
+from daemon.journal.file import FsyncPolicy, Journal, scan
+from daemon.journal.framing import decode_payload
+from daemon.journal.keyring import KeyEntry, Keyring
+from daemon.mirror.db import DumpRow, Mirror
+from daemon.mirror.rebuild import journal_feed
+from daemon.mirror.rows import fold_journal
 
 STREAM = "inbox"
 AT = "2026-11-21T13:00:00.000Z"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import KeyFileError
-from daemon.keyring import (
+from daemon.journal.keyring import (
     CREDENTIAL_NAME,
     Keyring,
     generate_key_file,

@@ -19,15 +19,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon import events as ev
-from daemon.conversation import journal_path
 from daemon.events import Event
-from daemon.heal import fold
-from daemon.journal import FsyncPolicy, Journal
-from daemon.keyring import Keyring
-from daemon.mirror import Mirror, MirrorError, events_feed
-from daemon.mirror_rebuild import RebuildProgress, rebuild
-from daemon.rebuild_workers import Job, RebuildWorkerError, WorkerPool
-from daemon.verify import check_index
+from daemon.events.heal import fold
+from daemon.journal.conversation import journal_path
+from daemon.journal.file import FsyncPolicy, Journal
+from daemon.journal.keyring import Keyring
+from daemon.mirror.db import Mirror, MirrorError, events_feed
+from daemon.mirror.rebuild import RebuildProgress, rebuild
+from daemon.mirror.workers import Job, RebuildWorkerError, WorkerPool
+from daemon.ops.verify import check_index
 
 AT = "2026-11-21T10:00:00.000Z"
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "inbox"]

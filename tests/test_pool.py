@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from daemon.pool import ClientPool, LeaseTimeout
+from daemon.agent.pool import ClientPool, LeaseTimeout
 
 
 class FakeClient:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from daemon import events as ev
-from daemon.conversation import Conversation
-from daemon.journal import FsyncPolicy, Journal
-from daemon.keyring import Keyring
-from daemon.recovery_read import fold_all
+from daemon.journal.conversation import Conversation
+from daemon.journal.file import FsyncPolicy, Journal
+from daemon.journal.keyring import Keyring
+from daemon.runtime.recovery_read import fold_all
 from jobs.ledger import JobLedger
 
 RING = Keyring.generate()

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from daemon.errors import StateLockedError, WrongKeyError
-from daemon.framing import Frame, decode_payload
-from daemon.journal import FsyncPolicy, Journal, read_events, scan
-from daemon.keyring import Keyring, generate_key_file
+from daemon.journal.file import FsyncPolicy, Journal, read_events, scan
+from daemon.journal.framing import Frame, decode_payload
+from daemon.journal.keyring import Keyring, generate_key_file
+from daemon.journal.lock import StateLock
 from daemon.layout import Layout
-from daemon.lock import StateLock
-from daemon.reencrypt import TMP_SUFFIX, journals, reencrypt_all, rotate_and_reencrypt
+from daemon.ops.reencrypt import TMP_SUFFIX, journals, reencrypt_all, rotate_and_reencrypt
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,7 +127,7 @@ CHILD = """
 import sys
 from pathlib import Path
 from daemon.layout import Layout
-from daemon.reencrypt import rotate_and_reencrypt
+from daemon.ops.reencrypt import rotate_and_reencrypt
 layout = Layout(Path(sys.argv[1]), Path(sys.argv[2]))
 print("ready", flush=True)
 rotate_and_reencrypt(Path(sys.argv[3]), layout)

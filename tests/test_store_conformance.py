@@ -10,10 +10,10 @@ from claude_agent_sdk.testing import run_session_store_conformance
 from claude_agent_sdk.testing.session_store_conformance import _has_optional
 from claude_agent_sdk.types import SessionKey, SessionStoreEntry
 
-from daemon.framing import decode_payload
-from daemon.journal import scan
-from daemon.keyring import Keyring
-from daemon.store import JournalSessionStore
+from daemon.agent.store import JournalSessionStore
+from daemon.journal.file import scan
+from daemon.journal.framing import decode_payload
+from daemon.journal.keyring import Keyring
 
 OPTIONAL = ("list_sessions", "list_session_summaries", "delete", "list_subkeys")
 

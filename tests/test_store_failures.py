@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from claude_agent_sdk.types import SessionKey, SessionStoreEntry
 
+from daemon.agent.store import JournalSessionStore
 from daemon.errors import JournalFatalError, JournalWriteError
-from daemon.journal import FsyncPolicy, scan
-from daemon.keyring import Keyring
-from daemon.store import JournalSessionStore
+from daemon.journal.file import FsyncPolicy, scan
+from daemon.journal.keyring import Keyring
 
 
 def _entry(uuid: str, n: int) -> SessionStoreEntry:

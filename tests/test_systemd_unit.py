@@ -184,7 +184,7 @@ def test_unit_keeps_the_lifecycle_promises() -> None:
 def test_stop_timeout_leaves_room_for_the_drain() -> None:
     # The daemon's own default `drain_grace`: systemd must not SIGKILL vigil
     # while a turn is still allowed to finish.
-    from daemon.config import DaemonConfig  # noqa: PLC0415 -- only this test needs the daemon
+    from daemon.config.model import DaemonConfig  # noqa: PLC0415 -- only this test needs the daemon
 
     default = DaemonConfig.model_fields["drain_grace"].default
     assert isinstance(default, timedelta)

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from daemon.conversation import journal_path
-from daemon.journal import FsyncPolicy, Journal
-from daemon.keyring import Keyring
+from daemon.journal.conversation import journal_path
+from daemon.journal.file import FsyncPolicy, Journal
+from daemon.journal.keyring import Keyring
+from daemon.journal.lock import StateLock
 from daemon.layout import Layout
-from daemon.lock import StateLock
-from daemon.mirror import Mirror
-from daemon.mirror_rebuild import rebuild
-from daemon.verify import daemon_running, verify
+from daemon.mirror.db import Mirror
+from daemon.mirror.rebuild import rebuild
+from daemon.ops.verify import daemon_running, verify
 from tests.test_mirror import sample_streams, write_journals
 
 

@@ -1,7 +1,7 @@
 """Fixtures for the end-to-end tests: a loopback model, a vigil site, daemon processes.
 
-Everything runs for real: ``python -m daemon.cli run`` as a subprocess, the SDK and
-its bundled CLI inside it, and ``python -m daemon.cli dev-model`` as the model on
+Everything runs for real: ``python -m daemon.cli.main run`` as a subprocess, the SDK and
+its bundled CLI inside it, and ``python -m daemon.cli.main dev-model`` as the model on
 127.0.0.1. Tests read what an operator reads: the daemon's JSON log lines on stdout,
 its exit code, ``vigil history --json``, and the journal itself (decrypted with the
 key). Every process a test starts is ended by PID in the fixture's teardown, and so
@@ -29,13 +29,13 @@ from typing import IO, Any
 
 import pytest
 
-from daemon.config import load_config
-from daemon.devmodel import preview
-from daemon.framing import decode_payload
-from daemon.heal import ConversationView, fold
-from daemon.history import load_history
-from daemon.journal import read_events, scan
-from daemon.keyring import Keyring, generate_key_file
+from daemon.config.model import load_config
+from daemon.events.heal import ConversationView, fold
+from daemon.journal.file import read_events, scan
+from daemon.journal.framing import decode_payload
+from daemon.journal.keyring import Keyring, generate_key_file
+from daemon.ops.history import load_history
+from daemon.testing.devmodel import preview
 
 LogLine = dict[str, Any]
 Predicate = Callable[[LogLine], bool]
@@ -48,7 +48,7 @@ DROPPED_PREFIXES = ("ANTHROPIC_", "CLAUDE_", "HTTP_PROXY", "HTTPS_PROXY", "http_
 
 def vigil_argv(*args: str) -> list[str]:
     """``vigil ARGS`` with the interpreter running the tests (the project's venv)."""
-    return [sys.executable, "-m", "daemon.cli", *args]
+    return [sys.executable, "-m", "daemon.cli.main", *args]
 
 
 # ---------------------------------------------------------------- replies
@@ -382,12 +382,12 @@ class Daemon:
 class DevModel:
     """The loopback model as a subprocess, with its control and stats endpoints.
 
-    Started as ``python -m daemon.devmodel`` (what ``vigil dev-model`` runs, without
+    Started as ``python -m daemon.testing.devmodel`` (what ``vigil dev-model`` runs, without
     importing the SDK: 0.1 s instead of 1.7 s of CPU per test)."""
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.devmodel", "--port", "0"],
+            [sys.executable, "-m", "daemon.testing.devmodel", "--port", "0"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import load_config
-from daemon.keyring import Keyring, generate_key_file
-from daemon.notify import SystemdNotifier
-from daemon.supervisor import Supervisor
+from daemon.config.model import load_config
+from daemon.journal.keyring import Keyring, generate_key_file
+from daemon.runtime.notify import SystemdNotifier
+from daemon.runtime.supervisor import Supervisor
 from tests.e2e.conftest import Job, Site
 
 pytestmark = pytest.mark.e2e

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from daemon.control import call
+from daemon.runtime.control import call
 from tests.e2e.conftest import (
     Daemon,
     Job,

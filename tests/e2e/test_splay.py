@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from daemon.control import call
+from daemon.runtime.control import call
 from jobs.splay import first_beat_splay
 from tests.e2e.conftest import Daemon, Job, Site
 

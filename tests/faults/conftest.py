@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from daemon.framing import FrameError, decode_payload, open_line
-from daemon.keyring import Keyring
+from daemon.journal.framing import FrameError, decode_payload, open_line
+from daemon.journal.keyring import Keyring
 from tests.e2e.conftest import (  # noqa: F401  # fixtures, re-exported for this directory
     Daemon,
     Site,

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import DaemonConfig, HeartbeatConfig, load_config
-from daemon.heal import fold
-from daemon.journal import read_events
-from daemon.keyring import Keyring, generate_key_file
+from daemon.config.model import DaemonConfig, HeartbeatConfig, load_config
+from daemon.events.heal import fold
+from daemon.journal.file import read_events
+from daemon.journal.keyring import Keyring, generate_key_file
 from tests.e2e.conftest import DevModel, Job, Site, vigil_argv
 
 CONFIG_ERROR = 2

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.verify import check_journal
+from daemon.ops.verify import check_journal
 from tests.e2e.conftest import Daemon, Job, Site, parse_reply, shown
 from tests.e2e.test_notify import NotifySocket
 from tests.faults.conftest import FaultFS, Journals, Tallies, faults_of

@@ -27,11 +27,11 @@ from typing import IO, Any
 import pytest
 
 from daemon import events as ev
-from daemon.framing import seal_json
-from daemon.journal import INCOMPLETE_LAST_LINE, scan
-from daemon.keyring import Keyring, generate_key_file
+from daemon.journal.file import INCOMPLETE_LAST_LINE, scan
+from daemon.journal.framing import seal_json
+from daemon.journal.keyring import Keyring, generate_key_file
+from daemon.journal.lock import StateLock
 from daemon.layout import Layout
-from daemon.lock import StateLock
 from tests.e2e.conftest import DevModel, Job, Site, vigil_argv
 
 VERIFY_FAILED = 8

@@ -1,0 +1,333 @@
+"""``JournalSessionStore``: the SDK's ``SessionStore`` on vigil's encrypted journal.
+
+The CLI's transcript is mirrored through this store, encrypted with the same framing
+as the conversation journals, so a resume works even after the runtime directory
+(where the CLI keeps its plaintext copy) was wiped.
+
+Layout: one journal file per key ``(project_key, session_id, subpath)`` under
+``directory``, named by a digest of the key so file names leak nothing. Records:
+
+* seq 1 ``{"kind": "key", "project_key": ..., "session_id": ..., "subpath": ...}``
+* ``{"kind": "entries", "entries": [...]}``: one per ``append`` call, in call order
+* ``{"kind": "summary", "data": {...}}``: the SDK's folded summary (main keys only)
+
+Contract (the SDK's, checked by ``run_session_store_conformance``): entries load back
+deep-equal and in append order; appends are idempotent on an entry's ``uuid``;
+``load`` of an unknown key is ``None``; deleting a main key cascades to its subkeys.
+Each ``append`` is flushed to the kernel before it returns and, unless fsync is
+``never``, to disk (the SDK batches once per turn, so this is one fsync a turn).
+
+Other processes may add streams while this store is in use (``vigil fork`` writes a
+forked session's transcript while the daemon runs): a key this store has not seen is
+looked up on disk before it is created, and ``has_session`` and the listings look for
+new files. Reads never modify a file: a torn tail (perhaps a record being written
+right now) is left out of ``load`` and cut off only by this store's next ``append``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from daemon.errors import JournalFatalError, JournalWriteError
+from daemon.fsutil import ensure_private_dir, fsync_dir
+from daemon.journal.file import JOURNAL_SUFFIX, FsyncPolicy, Journal, scan
+from daemon.journal.framing import decode_payload, encode_payload, open_line
+from daemon.journal.keyring import Keyring
+
+if TYPE_CHECKING:  # the SDK is imported where it is used (about a second; see agent.py)
+    from claude_agent_sdk.types import (
+        SessionKey,
+        SessionListSubkeysKey,
+        SessionStoreEntry,
+        SessionStoreListEntry,
+        SessionSummaryEntry,
+    )
+
+KeyTuple = tuple[str, str, str | None]
+
+
+def _digest(key: KeyTuple) -> str:
+    return hashlib.sha256(json.dumps(list(key)).encode("utf-8")).hexdigest()[:32]
+
+
+def _key_tuple(key: SessionKey | SessionListSubkeysKey) -> KeyTuple:
+    subpath = key.get("subpath")
+    return (key["project_key"], key["session_id"], subpath if isinstance(subpath, str) else None)
+
+
+@dataclass
+class _Stream:
+    key: KeyTuple
+    path: Path
+    stream_id: str
+    last_seq: int = 0
+    size: int = 0
+    loaded: bool = False  # uuids/summary below are known
+    uuids: set[str] = field(default_factory=set)
+    summary: SessionSummaryEntry | None = None
+
+
+class JournalSessionStore:
+    """An encrypted, append-only ``SessionStore`` (see the module docstring)."""
+
+    def __init__(
+        self, directory: Path, keyring: Keyring, *, fsync: FsyncPolicy = FsyncPolicy.TURN
+    ) -> None:
+        self.directory = ensure_private_dir(directory)
+        self.keyring = keyring
+        self.fsync = fsync
+        self._streams: dict[str, _Stream] | None = None
+        self._failures: dict[str, JournalWriteError | JournalFatalError] = {}
+        self._dead: JournalFatalError | None = None
+
+    # --- SessionStore protocol -----------------------------------------------------------
+
+    async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
+        if not entries:
+            return
+        try:
+            self._append(key, entries)
+        except (JournalWriteError, JournalFatalError) as exc:
+            # The SDK retries a failed append a few times, then drops the batch and
+            # carries on: remember the failure so the turn does not count as done.
+            self._failures.setdefault(key["session_id"], exc)
+            raise
+
+    def _append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
+        stream = self._stream_for(_key_tuple(key), create=True)
+        assert stream is not None  # noqa: S101  # create=True always returns one
+        self._ensure_loaded(stream)
+        fresh: list[SessionStoreEntry] = []
+        fresh_uuids: set[str] = set()
+        for entry in entries:
+            uid = entry.get("uuid")
+            if isinstance(uid, str):
+                if uid in stream.uuids or uid in fresh_uuids:
+                    continue
+                fresh_uuids.add(uid)
+            fresh.append(entry)
+        if not fresh:
+            return
+        payloads = [encode_payload({"kind": "entries", "entries": fresh})]
+        summary: SessionSummaryEntry | None = None
+        if stream.key[2] is None:
+            from claude_agent_sdk import fold_session_summary  # noqa: PLC0415
+
+            summary = fold_session_summary(stream.summary, key, fresh)
+            payloads.append(encode_payload({"kind": "summary", "data": summary["data"]}))
+        self._write(stream, payloads)
+        # Only now: a retry of a batch that failed to be written must not be skipped
+        # as already stored.
+        stream.uuids |= fresh_uuids
+        if summary is not None:
+            stream.summary = summary
+
+    async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
+        stream = self._stream_for(_key_tuple(key), create=False)
+        if stream is None:
+            return None
+        out: list[SessionStoreEntry] = []
+        seen: set[str] = set()
+        for record in self._records(stream):
+            if record.get("kind") != "entries":
+                continue
+            for entry in record["entries"]:
+                uid = entry.get("uuid")
+                if isinstance(uid, str):
+                    if uid in seen:
+                        continue  # appends are idempotent on uuid, whatever the file holds
+                    seen.add(uid)
+                out.append(entry)
+        return out
+
+    async def list_sessions(self, project_key: str) -> list[SessionStoreListEntry]:
+        self._discover()
+        return [
+            {"session_id": s.key[1], "mtime": self._mtime_ms(s)}
+            for s in self._all_streams().values()
+            if s.key[0] == project_key and s.key[2] is None
+        ]
+
+    async def list_session_summaries(self, project_key: str) -> list[SessionSummaryEntry]:
+        self._discover()
+        out: list[SessionSummaryEntry] = []
+        for s in self._all_streams().values():
+            if s.key[0] != project_key or s.key[2] is not None:
+                continue
+            self._ensure_loaded(s)
+            if s.summary is not None:
+                out.append(
+                    {"session_id": s.key[1], "mtime": self._mtime_ms(s), "data": s.summary["data"]}
+                )
+        return out
+
+    async def delete(self, key: SessionKey) -> None:
+        target = _key_tuple(key)
+        self._discover()
+        streams = self._all_streams()
+        doomed = [
+            d
+            for d, s in streams.items()
+            if s.key == target
+            or (target[2] is None and s.key[0] == target[0] and s.key[1] == target[1])
+        ]
+        for d in doomed:
+            with contextlib.suppress(FileNotFoundError):
+                streams[d].path.unlink()
+            del streams[d]
+        if doomed:
+            fsync_dir(self.directory)
+
+    async def list_subkeys(self, key: SessionListSubkeysKey) -> list[str]:
+        self._discover()
+        return sorted(
+            s.key[2]
+            for s in self._all_streams().values()
+            if s.key[0] == key["project_key"] and s.key[1] == key["session_id"] and s.key[2]
+        )
+
+    # --- vigil's own queries ---------------------------------------------------------------
+
+    def take_failure(self, session_id: str) -> JournalWriteError | JournalFatalError | None:
+        """The first append for ``session_id`` that failed since the last call, if any.
+
+        The SDK swallows a failed append (after a few retries it drops the batch), so
+        the agent asks here: a transcript that could not be stored fails the turn.
+        """
+        return self._failures.pop(session_id, None)
+
+    def has_session(self, session_id: str) -> bool:
+        """Whether a main transcript for ``session_id`` exists (under any project key)."""
+
+        def known() -> bool:
+            return any(
+                s.key[1] == session_id and s.key[2] is None for s in self._all_streams().values()
+            )
+
+        return known() or (self._discover() and known())
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _all_streams(self) -> dict[str, _Stream]:
+        if self._streams is None:
+            self._streams = {}
+            self._discover()
+        return self._streams
+
+    def _discover(self) -> bool:
+        """Adopt stream files this store does not know yet; whether any was found."""
+        streams = self._all_streams()
+        found = False
+        for path in sorted(self.directory.glob(f"*{JOURNAL_SUFFIX}")):
+            d = path.name[: -len(JOURNAL_SUFFIX)]
+            if d in streams:
+                continue
+            key = self._read_key(path)
+            if key is not None:
+                streams[d] = _Stream(key, path, f"t:{d}")
+                found = True
+        return found
+
+    def _read_key(self, path: Path) -> KeyTuple | None:
+        digest = path.name[: -len(JOURNAL_SUFFIX)]
+        try:
+            with path.open("rb") as f:
+                first = f.readline()
+        except FileNotFoundError:
+            return None  # deleted since it was listed
+        if not first.endswith(b"\n"):
+            return None  # torn before the header was complete: nothing was ever stored
+        record = decode_payload(open_line(self.keyring, f"t:{digest}", first[:-1]).payload)
+        if record.get("kind") != "key":
+            return None
+        return (record["project_key"], record["session_id"], record.get("subpath"))
+
+    def _stream_for(self, key: KeyTuple, *, create: bool) -> _Stream | None:
+        streams = self._all_streams()
+        d = _digest(key)
+        stream = streams.get(d)
+        if stream is None and (self.directory / f"{d}{JOURNAL_SUFFIX}").exists():
+            self._discover()  # written by another process since we listed the directory
+            stream = streams.get(d)
+        if stream is None and create:
+            stream = _Stream(key, self.directory / f"{d}{JOURNAL_SUFFIX}", f"t:{d}", loaded=True)
+            header = {
+                "kind": "key",
+                "project_key": key[0],
+                "session_id": key[1],
+                "subpath": key[2],
+            }
+            self._write(stream, [encode_payload(header)])
+            streams[d] = stream
+        return stream
+
+    def _open(self, stream: _Stream) -> Journal:
+        if stream.size:
+            return Journal.reopen(
+                stream.path,
+                stream.stream_id,
+                self.keyring,
+                last_seq=stream.last_seq,
+                size=stream.size,
+                fsync=self.fsync,
+            )
+        return Journal.open(stream.path, stream.stream_id, self.keyring, fsync=self.fsync)
+
+    def _write(self, stream: _Stream, payloads: list[bytes]) -> None:
+        if self._dead is not None:
+            # fsync failed before: the kernel may have dropped written pages, so no
+            # write may follow (the SDK would retry on a fresh descriptor); the daemon
+            # exits on this error.
+            raise self._dead
+        journal = self._open(stream)
+        try:
+            journal.append_payloads(payloads)
+            journal.sync()
+        except JournalFatalError as exc:
+            self._dead = exc
+            raise
+        finally:
+            # What the file holds now, whatever failed: a failed write was rolled back,
+            # a record whose fsync failed is in the file all the same.
+            stream.last_seq, stream.size = journal.last_seq, journal.size
+            journal.close()
+
+    def _records(self, stream: _Stream) -> list[dict[str, Any]]:
+        """Every complete record, read-only (a torn tail is cut by the next append:
+        ``_open`` sees the file is longer than ``stream.size`` and recovers it)."""
+        records: list[dict[str, Any]] = []
+        result = scan(
+            stream.path,
+            stream.stream_id,
+            self.keyring,
+            lambda fr: records.append(decode_payload(fr.payload)),
+        )
+        stream.last_seq, stream.size = result.last_seq, result.good_end
+        return records
+
+    def _ensure_loaded(self, stream: _Stream) -> None:
+        if stream.loaded:
+            return
+        for record in self._records(stream):
+            kind = record.get("kind")
+            if kind == "entries":
+                for entry in record["entries"]:
+                    uid = entry.get("uuid")
+                    if isinstance(uid, str):
+                        stream.uuids.add(uid)
+            elif kind == "summary":
+                stream.summary = {
+                    "session_id": stream.key[1],
+                    "mtime": 0,
+                    "data": record["data"],
+                }
+        stream.loaded = True
+
+    @staticmethod
+    def _mtime_ms(stream: _Stream) -> int:
+        return stream.path.stat().st_mtime_ns // 1_000_000

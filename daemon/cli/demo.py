@@ -1,0 +1,281 @@
+"""``vigil demo``: the whole promise in about a minute, with no API key.
+
+Starts the loopback model and a daemon with two heartbeat jobs in a temporary
+directory, shows beats streaming, SIGKILLs the daemon in the middle of a reply, starts
+it again and shows both conversations carry on with their memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from daemon.config.model import load_config
+from daemon.journal.keyring import Keyring, generate_key_file
+from daemon.ops.history import load_history
+
+JOBS = {
+    "inbox": ("2s", "Check the inbox. [slow:50]"),
+    "digest": ("3s", "Add a line to the digest. [slow:20]"),
+}
+LIVE_JOB = "inbox"  # streamed delta by delta; the other job's replies print whole
+PHASE_TIMEOUT_S = 40.0
+
+Line = dict[str, Any]
+
+
+class Out:
+    """Terminal output: one job's reply streams live, the others print whole."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.line_job: str | None = None
+        self.buffers: dict[str, str] = {}
+
+    def say(self, text: str) -> None:
+        self._break()
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def delta(self, job: str, text: str) -> None:
+        if job != LIVE_JOB:
+            self.buffers[job] = self.buffers.get(job, "") + text
+            return
+        if self.line_job != job:
+            self._break()
+            self.stream.write(f"  [{job}] < ")
+            self.line_job = job
+        self.stream.write(text)
+        self.stream.flush()
+
+    def _break(self) -> None:
+        if self.line_job is not None:
+            self.stream.write("\n")
+            self.line_job = None
+
+
+class Daemon:
+    def __init__(self, config: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli.main", "run", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self.lines: queue.Queue[Line | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None  # noqa: S101  # Popen with PIPE
+        for raw in self.proc.stdout:
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                obj = {"event": "stderr", "text": raw.rstrip()}
+            self.lines.put(obj if isinstance(obj, dict) else {"event": "stderr", "text": raw})
+        self.lines.put(None)
+
+    def follow(self, out: Out, until: Callable[[Line], bool], timeout: float) -> Line:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the demo did not see what it waited for in time")
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise RuntimeError(f"the daemon exited unexpectedly ({self.proc.wait()})")
+            show(out, line)
+            if until(line):
+                return line
+
+
+def show(out: Out, line: Line) -> None:
+    event, job, turn = line.get("event"), line.get("job"), line.get("turn")
+    if event == "delta" and job:
+        out.delta(str(job), str(line.get("text", "")))
+    elif event == "turn_started":
+        out.say(f"  [{job}] turn {turn} ({line.get('trigger')}) > {_clean(line.get('prompt'))}")
+    elif event == "turn_completed":
+        buffered = out.buffers.pop(str(job), "")
+        if buffered:
+            out.say(f"  [{job}] < {buffered}")
+        out.say(f"  [{job}] turn {turn} completed")
+    elif event in ("turn_failed", "turn_interrupted", "beat_skipped"):
+        out.buffers.pop(str(job), None)
+        out.say(f"  [{job}] turn {turn} {event.split('_')[-1]}: {line.get('reason')}")
+    elif event == "turn_healed":
+        out.say(
+            f"  [{job}] healed turn {turn}: interrupted after {line.get('deltas')} journaled "
+            f"deltas; on_interrupted = {line.get('on_interrupted')}"
+        )
+    elif event == "torn_tail_cut":
+        out.say(f"  [{job}] cut a torn last record off the journal (kept as {line.get('kept_as')})")
+    elif event == "ready":
+        out.say("  daemon READY: journals recovered")
+    elif event == "stderr":
+        out.say(f"  ! {line.get('text')}")
+
+
+def _clean(prompt: object) -> str:
+    return str(prompt).split(" [")[0]
+
+
+def start_model(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon.testing.devmodel", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None  # noqa: S101  # Popen with PIPE
+    first = proc.stdout.readline().strip()
+    if "listening on " not in first:
+        proc.kill()
+        raise RuntimeError(f"the loopback model did not start: {first}")
+    return proc, first.split("listening on ", 1)[1]
+
+
+def write_config(root: Path) -> Path:
+    (root / "agents").mkdir()
+    lines = [
+        "[daemon]",
+        'state_dir = "state"',
+        'runtime_dir = "run"',
+        'key_file = "vigil.key"',
+        'turn_timeout = "30s"',
+        'drain_grace = "3s"',
+        "",
+    ]
+    for name, (every, prompt) in JOBS.items():
+        lines += [
+            "[[heartbeat]]",
+            f'name = "{name}"',
+            f'every = "{every}"',
+            f'prompt = "{prompt}"',
+            'cwd = "agents"',
+            "",
+        ]
+    path = root / "vigil.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def run_demo(*, keep: bool = False, stream: IO[str] | None = None) -> int:
+    out = Out(stream or sys.stdout)
+    root = Path(tempfile.mkdtemp(prefix="vigil-demo-"))
+    os.chmod(root, 0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    model, base_url = start_model(env)
+    env.update({"ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": "sk-vigil-demo-loopback"})
+    daemons: list[Daemon] = []
+    try:
+        config_path = write_config(root)
+        generate_key_file(root / "vigil.key")
+        out.say(f"vigil demo: loopback model at {base_url}; state in {root}")
+        out.say(
+            "Two heartbeat jobs, 'inbox' every 2s and 'digest' every 3s, one conversation each."
+        )
+        out.say("The loopback model replies with how many user turns it was sent, and the first.\n")
+        _first_run(out, config_path, env, daemons)
+        _show_journal(out, root, config_path)
+        _second_run(out, config_path, env, daemons)
+        _show_memory(out, root, config_path)
+        return 0
+    finally:
+        for daemon in daemons:
+            if daemon.proc.poll() is None:
+                daemon.proc.kill()
+                daemon.proc.wait()
+        model.terminate()
+        model.wait(timeout=10)
+        if keep:
+            out.say(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _completed_twice() -> Callable[[Line], bool]:
+    done: dict[str, int] = dict.fromkeys(JOBS, 0)
+
+    def check(line: Line) -> bool:
+        if line.get("event") == "turn_completed":
+            done[str(line.get("job"))] += 1
+        return min(done.values()) >= 2
+
+    return check
+
+
+def _first_run(out: Out, config_path: Path, env: dict[str, str], daemons: list[Daemon]) -> None:
+    out.say("1. First run: beats stream; every event is journaled, encrypted, before it shows.")
+    daemon = Daemon(config_path, env)
+    daemons.append(daemon)
+    daemon.follow(out, _completed_twice(), PHASE_TIMEOUT_S)
+    victim = daemon.follow(
+        out,
+        lambda ln: ln.get("event") == "delta" and ln.get("job") == LIVE_JOB,
+        PHASE_TIMEOUT_S,
+    )
+    daemon.proc.send_signal(signal.SIGKILL)
+    daemon.proc.wait()
+    out.say(
+        f"\n2. SIGKILL: the daemon died in the middle of {victim.get('job')}'s turn "
+        f"{victim.get('turn')}. What the journals hold now:"
+    )
+
+
+def _show_journal(out: Out, root: Path, config_path: Path) -> None:
+    config = load_config(config_path)
+    keyring = Keyring.load(root / "vigil.key")
+    for name in JOBS:
+        turns = load_history(config, keyring, name)
+        last = turns[-1]
+        out.say(f"  [{name}] {len(turns)} turns; the last, turn {last.turn}, is {last.status}:")
+        out.say(f"           {last.reply!r}")
+
+
+def _second_run(out: Out, config_path: Path, env: dict[str, str], daemons: list[Daemon]) -> None:
+    out.say("\n3. Restart: vigil heals the half turn, resumes each session and carries on.")
+    daemon = Daemon(config_path, env)
+    daemons.append(daemon)
+    daemon.follow(out, _completed_twice(), PHASE_TIMEOUT_S)
+    daemon.proc.send_signal(signal.SIGTERM)
+    code = daemon.proc.wait(timeout=30)
+    while not daemon.lines.empty():
+        line = daemon.lines.get()
+        if line is not None:
+            show(out, line)
+    out.say(f"  SIGTERM: the daemon drained and exited with status {code}")
+
+
+def _show_memory(out: Out, root: Path, config_path: Path) -> None:
+    out.say("\n4. Memory, from the journals:")
+    config = load_config(config_path)
+    keyring = Keyring.load(root / "vigil.key")
+    for name in JOBS:
+        turns = load_history(config, keyring, name)
+        completed = [t for t in turns if t.status == "completed"]
+        interrupted = sum(t.status == "interrupted" for t in turns)
+        out.say(
+            f"  [{name}] {len(completed)} completed turns, {interrupted} interrupted; last reply:"
+        )
+        out.say(f"           {completed[-1].reply}")
+    out.say(
+        "\nEach last reply counts every completed beat of its conversation, before and after "
+        "the kill;\nthe half turn was replayed, not duplicated, and nothing shown was lost."
+    )

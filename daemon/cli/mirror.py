@@ -1,0 +1,433 @@
+"""The operator's commands over the journals and the derived mirror.
+
+``rebuild``, ``verify``, ``search``, ``sessions``, ``export`` and ``key rotate
+--reencrypt``. ``daemon.cli.main`` builds the parser with :func:`add_commands`, dispatches
+here with :func:`run` and maps every raised ``VigilError`` to its exit code; these
+functions return 0, or :data:`VERIFY_FAILED` when ``verify`` found a problem.
+Output: ``--json`` for scripts, rich tables and progress bars on a terminal, plain
+tab-separated lines otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from daemon.config.model import Config, UnknownJobError, default_config_path, load_config
+from daemon.errors import VigilError
+from daemon.journal.conversation import conversation_names, journal_path
+from daemon.journal.file import scan
+from daemon.journal.framing import decode_payload
+from daemon.journal.keyring import Keyring, resolve_key_path
+from daemon.layout import Layout
+from daemon.mirror.db import ConversationSummary, Hit, Mirror
+from daemon.mirror.rebuild import RebuildProgress, RebuildStats, rebuild
+from daemon.ops.reencrypt import rotate_and_reencrypt
+from daemon.ops.verify import verify
+
+VERIFY_FAILED = 8
+PARALLEL_BYTES = 32 << 20  # below this, starting worker processes costs more than it saves
+COMMANDS = frozenset({"rebuild", "verify", "search", "sessions", "export"})
+_MARK = ("\x02", "\x03")
+
+
+class WrongUserError(VigilError):
+    """A command that writes vigil's files runs as another user than their owner."""
+
+    exit_code = 2
+
+    def __init__(self, path: Path, owner: int, me: int) -> None:
+        self.path = path
+        self.owner = owner
+        self.me = me
+        name = _user_name(owner)
+        super().__init__(
+            f"{path} belongs to {name} (uid {owner}) but this runs as uid {me}; files it "
+            f"creates would lock the daemon out. Run it as that user: sudo -u {name} vigil ..."
+        )
+
+
+def add_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], config_help: str
+) -> None:
+    p = sub.add_parser(
+        "rebuild",
+        help="purge the derived mirror and replay it from the journals",
+        description="Deletes the mirror's rows (all, or one conversation's) and replays them "
+        "from the encrypted journals: a progress bar on a terminal, one summary line "
+        "otherwise. Safe while the daemon runs: all conversations are replaced in one "
+        "transaction (the daemon's updates wait for it); one conversation in its own.",
+    )
+    p.add_argument("name", nargs="?", help="only this conversation")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes decrypting and folding in parallel for a full rebuild "
+        "(default: one per CPU, up to 8, "
+        f"for more than {PARALLEL_BYTES >> 20} MB of journals)",
+    )
+    p.add_argument("--config", type=Path, default=None, help=config_help)
+    p.add_argument("--json", action="store_true", help="the summary as JSON")
+
+    p = sub.add_parser(
+        "verify",
+        help="authenticate every journal record and compare the mirror with a fresh rebuild",
+        description="Reads every journal (read-only) and reports torn tails, corruption, a "
+        "newer format or a missing key by file, line and sequence number; then compares the "
+        f"live mirror with a fresh rebuild, row by row. Exit {VERIFY_FAILED} on any problem.",
+    )
+    p.add_argument("--config", type=Path, default=None, help=config_help)
+    p.add_argument("--json", action="store_true", help="the report as JSON")
+
+    p = sub.add_parser(
+        "search",
+        help="full-text search over prompts and replies",
+        description="Finds turns whose prompt or reply contains every word of TEXT (from the "
+        "mirror; without one, from the journals). Matches are shown between [ and ].",
+    )
+    p.add_argument("text", help="words to find (all must occur)")
+    p.add_argument("--limit", type=int, default=20, help="at most this many hits (default 20)")
+    p.add_argument("--fts", action="store_true", help="TEXT is an SQLite FTS5 query")
+    p.add_argument("--config", type=Path, default=None, help=config_help)
+    p.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+
+    p = sub.add_parser(
+        "sessions",
+        help="list the conversations: turns, last status, activity, spend today",
+        description="From the mirror when there is one, else read from the journals.",
+    )
+    p.add_argument("--config", type=Path, default=None, help=config_help)
+    p.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+
+    p = sub.add_parser(
+        "export",
+        help="print a conversation's decrypted events as JSON lines",
+        description="Writes every event of the journal, decrypted, one JSON object per line "
+        'with its sequence number as "seq". This is conversation plaintext: redirect it '
+        "somewhere safe.",
+    )
+    p.add_argument("name", help="job (conversation) name")
+    p.add_argument("--config", type=Path, default=None, help=config_help)
+
+
+def add_reencrypt_options(rotate: argparse.ArgumentParser, config_help: str) -> None:
+    rotate.add_argument(
+        "--reencrypt",
+        action="store_true",
+        help="then rewrite every journal under the new key (stop the daemon first)",
+    )
+    rotate.add_argument("--config", type=Path, default=None, help=config_help)
+    rotate.add_argument("--json", action="store_true", help="with --reencrypt: JSON summary")
+
+
+def handles(args: argparse.Namespace) -> bool:
+    """Whether :func:`run` is the one to run this command line."""
+    if args.command == "key":
+        return args.key_command == "rotate" and bool(args.reencrypt)
+    return args.command in COMMANDS
+
+
+def run(args: argparse.Namespace) -> int:
+    command: str = args.command
+    if command == "key":
+        return cmd_reencrypt(args.path, args.config, as_json=args.json)
+    config = load_config(args.config or default_config_path())
+    if command == "rebuild":
+        return cmd_rebuild(config, args.name, args.workers, as_json=args.json)
+    if command == "verify":
+        return cmd_verify(config, as_json=args.json)
+    if command == "search":
+        return cmd_search(config, args.text, args.limit, raw=args.fts, as_json=args.json)
+    if command == "sessions":
+        return cmd_sessions(config, as_json=args.json)
+    if command == "export":
+        return cmd_export(config, args.name)
+    raise AssertionError(command)  # the parser only lets COMMANDS through
+
+
+def _layout(config: Config) -> Layout:
+    return Layout(config.daemon.state_dir, config.daemon.runtime_dir)
+
+
+def _keyring(config: Config) -> Keyring:
+    return Keyring.load(resolve_key_path(config.daemon.key_file))
+
+
+# ---------------------------------------------------------------- rebuild
+
+
+def cmd_rebuild(config: Config, name: str | None, workers: int | None, *, as_json: bool) -> int:
+    keyring = _keyring(config)
+    path = config.daemon.mirror_file
+    check_owner(path if path.exists() else config.daemon.runtime_dir)
+    directory = _layout(config).conversations
+    if workers is None:
+        size = sum(p.stat().st_size for p in directory.glob("*.jsonl"))
+        workers = min(os.cpu_count() or 1, 8) if size > PARALLEL_BYTES and name is None else 1
+    mirror = Mirror.open(path, busy_timeout_ms=30_000)
+    try:
+        with _progress_bar(enabled=not as_json and sys.stderr.isatty()) as progress:
+            stats = rebuild(
+                mirror,
+                directory,
+                keyring,
+                None if name is None else [name],
+                progress,
+                workers=workers,
+            )
+    finally:
+        mirror.close()
+    if as_json:
+        _print_json({"mirror": str(path), **stats.as_json()})
+    else:
+        print(
+            f"rebuilt {path}: {stats.records} records, {stats.conversations} conversations "
+            f"in {stats.seconds:.2f} s ({stats.rate:,.0f} records/s)"
+        )
+    return _first_error(stats)
+
+
+def _first_error(stats: RebuildStats) -> int:
+    for error in stats.errors:
+        print(f"vigil: error: {error}", file=sys.stderr)
+    if stats.errors:
+        raise stats.errors[0]
+    return 0
+
+
+@contextmanager
+def _progress_bar(*, enabled: bool) -> Iterator[Callable[[RebuildProgress], None] | None]:
+    if not enabled:
+        yield None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[records]:,} records"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("rebuilding", total=None, records=0)
+
+        def update(p: RebuildProgress) -> None:
+            bar.update(
+                task,
+                total=max(p.bytes_total, 1),
+                completed=p.bytes_done,
+                records=p.records,
+                description=f"{p.conversations_done}/{p.conversations_total} {p.conversation}",
+            )
+
+        yield update
+
+
+# ---------------------------------------------------------------- verify
+
+
+def cmd_verify(config: Config, *, as_json: bool) -> int:
+    report = verify(_layout(config), _keyring(config), config.daemon.mirror_file)
+    if as_json:
+        _print_json(report.as_json())
+    else:
+        sys.stdout.write(report.render())
+    return 0 if report.ok else VERIFY_FAILED
+
+
+# ---------------------------------------------------------------- search and sessions
+
+
+@contextmanager
+def _reader(config: Config) -> Iterator[Mirror]:
+    """The live mirror read-only; without one, a mirror built in memory from the journals."""
+    path = config.daemon.mirror_file
+    if path.exists():
+        mirror = Mirror.open(path, readonly=True)
+    else:
+        print(
+            f"vigil: no mirror at {path} (daemon stopped?); reading the journals", file=sys.stderr
+        )
+        mirror = Mirror.open(":memory:")
+        stats = rebuild(mirror, _layout(config).conversations, _keyring(config))
+        for error in stats.errors:
+            print(f"vigil: warning: left out: {error}", file=sys.stderr)
+    try:
+        yield mirror
+    finally:
+        mirror.db.close()
+
+
+def cmd_search(config: Config, text: str, limit: int, *, raw: bool, as_json: bool) -> int:
+    tty = not as_json and sys.stdout.isatty()
+    with _reader(config) as mirror:
+        hits = mirror.search(text, limit, mark=_MARK if tty else ("[", "]"), raw=raw)
+    if as_json:
+        _print_json([h.as_json() for h in hits])
+    elif tty:
+        _hits_table(hits)
+    else:
+        for h in hits:
+            print(f"{h.conversation}\t{h.turn}\t{h.status}\t{' '.join(h.snippet.split())}")
+    return 0
+
+
+def _hits_table(hits: list[Hit]) -> None:
+    console = Console()
+    if not hits:
+        console.print("no matches")
+        return
+    table = Table("conversation", "turn", "status", "started (UTC)", "snippet")
+    for h in hits:
+        table.add_row(
+            h.conversation, str(h.turn), h.status, _when(h.started_at), _marked(h.snippet)
+        )
+    console.print(table)
+
+
+def _marked(snippet: str) -> Text:
+    text = Text()
+    rest = " ".join(snippet.split())
+    while _MARK[0] in rest:
+        before, _, tail = rest.partition(_MARK[0])
+        match, _, rest = tail.partition(_MARK[1])
+        text.append(before)
+        text.append(match, style="bold yellow")
+    text.append(rest)
+    return text
+
+
+def cmd_sessions(config: Config, *, as_json: bool) -> int:
+    with _reader(config) as mirror:
+        rows = mirror.conversations()
+    if as_json:
+        _print_json([r.as_json() for r in rows])
+    elif sys.stdout.isatty():
+        _sessions_table(rows)
+    else:
+        print("name\tturns\tlast_status\tlast_activity\tspend_today_usd\tsession_id\tforked_from")
+        for r in rows:
+            print(
+                f"{r.name}\t{r.turns}\t{r.last_status or '-'}\t{r.last_activity or '-'}\t"
+                f"{r.spend_today_usd:.4f}\t{r.session_id or '-'}\t{r.origin or '-'}"
+            )
+    return 0
+
+
+def _sessions_table(rows: list[ConversationSummary]) -> None:
+    columns = ("name", "turns", "last status", "last activity (UTC)", "spend today", "session")
+    table = Table(*columns, "forked from")
+    for r in rows:
+        table.add_row(
+            r.name,
+            str(r.turns),
+            r.last_status or "-",
+            _when(r.last_activity),
+            f"${r.spend_today_usd:.4f}",
+            r.session_id or "-",
+            r.origin or "-",
+        )
+    Console().print(table if rows else "no conversations yet")
+
+
+# ---------------------------------------------------------------- export
+
+
+def cmd_export(config: Config, name: str, out: TextIO | None = None) -> int:
+    stream = out or sys.stdout
+    directory = _layout(config).conversations
+    path = journal_path(directory, name)
+    if not path.exists():
+        raise UnknownJobError(name, conversation_names(directory))
+    keyring = _keyring(config)
+    if stream.isatty():
+        print(
+            "vigil: warning: writing decrypted conversation text to the terminal",
+            file=sys.stderr,
+        )
+    encode = json.JSONEncoder(ensure_ascii=False).encode
+
+    def write(frame: Any) -> None:
+        stream.write(encode({"seq": frame.seq, **decode_payload(frame.payload)}) + "\n")
+
+    result = scan(path, name, keyring, write)
+    stream.flush()
+    if result.tail is not None:
+        print(
+            f"vigil: note: {path} line {result.tail.line}: {result.tail.reason} "
+            "(a torn tail or a record being written; not exported)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+# ---------------------------------------------------------------- key rotate --reencrypt
+
+
+def cmd_reencrypt(key_path: Path, config_path: Path | None, *, as_json: bool) -> int:
+    config = load_config(config_path or default_config_path())
+    layout = _layout(config)
+    check_owner(layout.state_dir)
+    console = Console(stderr=True)
+    show = not as_json and sys.stderr.isatty()
+
+    def progress(path: Path, done: int, files: int) -> None:
+        if show:
+            console.print(f"[{done}/{files}] {path.name}", highlight=False)
+
+    stats = rotate_and_reencrypt(key_path, layout, progress=progress)
+    if as_json:
+        _print_json(stats.as_json())
+    else:
+        print(
+            f"added key id {stats.key_id} to {key_path} and re-encrypted {stats.rewritten} of "
+            f"{stats.files} journals ({stats.records} records) in {stats.seconds:.2f} s; "
+            f"{stats.already_current} were already under it. Older keys stay in the file."
+        )
+        for leftover in stats.leftovers_removed:
+            print(f"removed an unfinished copy from an earlier run: {leftover}")
+        for path in stats.tails_cut:
+            print(f"cut a torn tail off {path} (the original is kept beside it)")
+    return 0
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _when(stamp: str | None) -> str:
+    """``2026-11-21T10:00:00.123Z`` as ``2026-11-21 10:00:00`` (UTC) for a table."""
+    return stamp[:19].replace("T", " ") if stamp else "-"
+
+
+def check_owner(path: Path) -> None:
+    try:
+        owner = path.stat().st_uid
+    except FileNotFoundError:
+        return
+    me = os.geteuid()
+    if owner != me:
+        raise WrongUserError(path, owner, me)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")

@@ -1,0 +1,223 @@
+"""A conversation: its journal plus the little state the daemon needs to drive it.
+
+:meth:`Conversation.record` is the one door every event goes through: append to the
+journal first, then update the state, then log and hand it to listeners ("write
+before show"). Start-up reads each journal once; nothing but this summary stays in
+memory, so a thousand long conversations cost little.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from daemon import events as ev
+from daemon.events import Event, event_type
+from daemon.journal.file import JOURNAL_SUFFIX, FsyncPolicy, Journal, TailCut
+from daemon.journal.framing import Frame, decode_payload
+from daemon.journal.keyring import Keyring
+from daemon.logs import get_logger
+
+if TYPE_CHECKING:
+    from daemon.runtime.recovery_read import Folded
+
+Listener = Callable[[str, int, Event], None]
+HEALED_REASON = "daemon_stopped_mid_turn"
+
+
+@dataclass
+class OpenTurn:
+    turn: int
+    prompt: str
+    trigger: str
+    prompt_uuid: str | None = None
+    deltas: int = 0
+
+
+@dataclass
+class ConversationState:
+    """What folding a conversation's events yields, kept incrementally."""
+
+    next_turn: int = 1
+    session_id: str | None = None
+    cwd: str | None = None
+    resume_at: str | None = None  # last assistant uuid of the last completed turn
+    last_beat_at: str | None = None
+    open_turn: OpenTurn | None = None
+    # The last turn was interrupted (a crash healed at start, or a drain) and no turn
+    # has started since: the next connect must drop its half (``on_interrupted``).
+    interrupted: OpenTurn | None = None
+    _pending_resume_at: str | None = field(default=None, repr=False)
+
+    def feed(self, event: Event) -> None:
+        kind = event_type(event)
+        turn = event.get("turn")
+        if kind == "session_bound":
+            self.session_id = event.get("session_id")
+            self.cwd = event.get("cwd")
+        elif kind == "forked":  # the first record of a fork: its session, cut at a turn
+            self.session_id = event.get("session_id")
+            self.cwd = event.get("cwd")
+            self.resume_at = event.get("resume_at")
+            source_turn = event.get("source_turn")
+            if isinstance(source_turn, int):
+                self.next_turn = max(self.next_turn, source_turn + 1)
+        elif kind == "turn_started" and isinstance(turn, int):
+            self.open_turn = OpenTurn(
+                turn,
+                str(event.get("prompt", "")),
+                str(event.get("trigger")),
+                event.get("prompt_uuid"),
+            )
+            self._pending_resume_at = None
+            self.interrupted = None
+            self.next_turn = max(self.next_turn, turn + 1)
+            self.last_beat_at = event.get("at")
+        elif kind == "beat_skipped" and isinstance(turn, int):
+            self.next_turn = max(self.next_turn, turn + 1)
+        elif kind == "delta" and self.open_turn is not None:
+            self.open_turn.deltas += 1
+        elif kind == "assistant" and event.get("uuid"):
+            self._pending_resume_at = event["uuid"]
+        elif kind == "turn_completed":
+            if self._pending_resume_at:
+                self.resume_at = self._pending_resume_at
+            self.open_turn = None
+        elif kind == "turn_interrupted":
+            self.interrupted = self.open_turn
+            self.open_turn = None
+        elif kind == "turn_failed":
+            self.open_turn = None
+
+
+class Conversation:
+    """One heartbeat job's conversation. Not thread-safe; lives on the event loop."""
+
+    def __init__(self, name: str, journal: Journal, state: ConversationState) -> None:
+        self.name = name
+        self.journal = journal
+        self.state = state
+        self.listeners: list[Listener] = []
+        self.busy = False
+        self.log = get_logger(job=name)
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        name: str,
+        keyring: Keyring,
+        *,
+        fsync: FsyncPolicy,
+        visit: Callable[[Event], None] | None = None,
+    ) -> Conversation:
+        """Open (recovering a torn tail) or create the conversation's journal.
+
+        ``visit`` also sees every journaled event, in order, during the one read.
+        """
+        state = ConversationState()
+
+        def feed(frame: Frame) -> None:
+            event = decode_payload(frame.payload)
+            state.feed(event)
+            if visit is not None:
+                visit(event)
+
+        path = journal_path(directory, name)
+        journal = Journal.open(path, name, keyring, fsync=fsync, visit=feed)
+        return cls(name, journal, state)
+
+    @classmethod
+    def open_folded(
+        cls,
+        directory: Path,
+        name: str,
+        keyring: Keyring,
+        folded: Folded,
+        *,
+        fsync: FsyncPolicy,
+    ) -> Conversation | None:
+        """Open a journal another process has just read and folded (start-up's parallel
+        read), without reading it again; ``None`` if the file changed since."""
+        path = journal_path(directory, name)
+        journal = Journal.open_scanned(path, name, keyring, folded.scan, folded.size, fsync=fsync)
+        return None if journal is None else cls(name, journal, folded.state)
+
+    @property
+    def tail_cut(self) -> TailCut | None:
+        return self.journal.tail_cut
+
+    def record(self, event: Event) -> int:
+        """Journal ``event``, then show it. Raises the journal's errors unshown."""
+        seq = self.journal.append(event)
+        self.state.feed(event)
+        self._show(seq, event)
+        for listener in self.listeners:
+            listener(self.name, seq, event)
+        return seq
+
+    def turn_boundary(self) -> None:
+        self.journal.sync()
+
+    def heal(self) -> OpenTurn | None:
+        """Mark a turn the previous process left unfinished as interrupted (once).
+
+        Returns the turn healed now, if any; ``state.interrupted`` also holds a turn an
+        earlier start healed (or a drain cut off) that no later turn has followed yet.
+        """
+        open_turn = self.state.open_turn
+        if open_turn is None:
+            return None
+        self.record(ev.turn_interrupted(open_turn.turn, HEALED_REASON))
+        self.turn_boundary()
+        return open_turn
+
+    def close(self) -> None:
+        self.journal.close()
+
+    def _show(self, seq: int, event: Event) -> None:
+        kind = event_type(event)
+        fields: dict[str, Any] = {"seq": seq, "session": self.state.session_id}
+        if "turn" in event:
+            fields["turn"] = event["turn"]
+        if kind == "delta":
+            self.log.info("delta", text=event.get("text"), **fields)
+        elif kind == "turn_started":
+            self.log.info(
+                "turn_started", trigger=event.get("trigger"), prompt=event.get("prompt"), **fields
+            )
+        elif kind == "result":
+            self.log.info(
+                "result",
+                is_error=event.get("is_error"),
+                session_cost_usd=event.get("session_cost_usd"),
+                duration_ms=event.get("duration_ms"),
+                **fields,
+            )
+        elif kind in ("turn_failed", "beat_skipped", "turn_interrupted"):
+            if event.get("count") is not None:
+                fields["count"] = event["count"]
+            self.log.warning(kind, reason=event.get("reason"), detail=event.get("detail"), **fields)
+        elif kind.startswith("delivery_"):
+            extra = ("sink", "attempt", "error", "retry_in_s", "reason")
+            fields.update({k: event[k] for k in extra if event.get(k) is not None})
+            if kind in ("delivery_started", "delivery_done"):
+                self.log.info(kind, **fields)
+            else:
+                self.log.warning(kind, **fields)
+        elif kind == "tool_use":
+            self.log.info("tool_use", tool=event.get("name"), **fields)
+        else:
+            self.log.info(kind, **fields)
+
+
+def journal_path(directory: Path, name: str) -> Path:
+    return directory / f"{name}{JOURNAL_SUFFIX}"
+
+
+def conversation_names(directory: Path) -> list[str]:
+    if not directory.is_dir():
+        return []
+    return sorted(p.name[: -len(JOURNAL_SUFFIX)] for p in directory.glob(f"*{JOURNAL_SUFFIX}"))

@@ -1,0 +1,428 @@
+"""Folding journal events into mirror rows (pure; the database sits behind ``Loader``).
+
+:func:`fold_event` updates one conversation's :class:`ConvState`: its dirty rows
+(``turns``, ``tools``, ``skips``, ``deliveries``) plus the little context later events
+need (last sequence, session, the session's running cost, the open turn). A turn or
+tool call that is not in memory is asked of the ``Loader`` (the mirror reads it back
+from SQLite), so folding everything at once (a rebuild) and folding event by event
+with writes in between (the live daemon) give the same rows. See ``daemon.mirror.db``
+for the status rules.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from daemon.events import Event
+
+USAGE_KEYS = (
+    ("input_tokens", "input_tokens"),
+    ("output_tokens", "output_tokens"),
+    ("cache_read_input_tokens", "cache_read_tokens"),
+    ("cache_creation_input_tokens", "cache_creation_tokens"),
+)
+END_STATUS = {
+    "turn_completed": "completed",
+    "turn_failed": "failed",
+    "turn_interrupted": "interrupted",
+}
+BOUNDARIES = frozenset({*END_STATUS, "beat_skipped"})
+DELIVERY_PREFIX = "delivery_"
+encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode
+
+
+@dataclass(slots=True)
+class TurnState:
+    turn: int
+    status: str
+    first_seq: int
+    prompt: str = ""
+    parts: list[str] = field(default_factory=list)  # streamed text, in order
+    result_text: str | None = None  # the last non-empty result text wins over deltas
+    started_at: str | None = None
+    ended_at: str | None = None
+    job: str | None = None
+    trigger: str | None = None
+    session_id: str | None = None
+    cost_usd: float | None = None
+    tokens: list[int | None] = field(default_factory=lambda: [None, None, None, None])
+    is_error: bool = False
+    reason: str | None = None
+    detail: str | None = None
+    missed: int | None = None  # beats missed while down, for a skip that counts them
+    resume_at: str | None = None
+    deltas: int = 0
+    tool_calls: int = 0
+    last_seq: int = 0
+
+    def row(self, conversation: str) -> tuple[Any, ...]:
+        """The ``turns`` row, in ``mirror_schema.TURN_COLUMNS`` order."""
+        from_result = self.result_text is not None
+        reply = self.result_text if self.result_text is not None else "".join(self.parts)
+        return (
+            conversation,
+            self.turn,
+            self.status,
+            self.prompt,
+            reply,
+            int(from_result),
+            self.started_at,
+            self.ended_at,
+            self.job,
+            self.trigger,
+            self.session_id,
+            self.cost_usd,
+            *self.tokens,
+            int(self.is_error),
+            self.reason,
+            self.detail,
+            self.missed,
+            self.resume_at,
+            self.deltas,
+            self.tool_calls,
+            self.first_seq,
+            self.last_seq,
+        )
+
+    @classmethod
+    def from_row(cls, r: Mapping[str, Any]) -> TurnState:
+        """The inverse of :meth:`row` (lossless)."""
+        from_result = bool(r["reply_from_result"])
+        return cls(
+            turn=r["turn"],
+            status=r["status"],
+            first_seq=r["first_seq"],
+            prompt=r["prompt"],
+            parts=[] if from_result else [r["reply"]],
+            result_text=r["reply"] if from_result else None,
+            started_at=r["started_at"],
+            ended_at=r["ended_at"],
+            job=r["job"],
+            trigger=r["trigger"],
+            session_id=r["session_id"],
+            cost_usd=r["cost_usd"],
+            tokens=[r[col] for _, col in USAGE_KEYS],
+            is_error=bool(r["is_error"]),
+            reason=r["reason"],
+            detail=r["detail"],
+            missed=r["missed"],
+            resume_at=r["resume_at"],
+            deltas=r["deltas"],
+            tool_calls=r["tool_calls"],
+            last_seq=r["last_seq"],
+        )
+
+
+@dataclass(slots=True)
+class ToolState:
+    seq: int
+    turn: int | None
+    tool_use_id: str | None
+    name: str | None
+    input: str | None
+    started_at: str | None
+    result: str | None = None
+    is_error: bool | None = None
+    ended_at: str | None = None
+    result_seq: int | None = None
+
+    def row(self, conversation: str) -> tuple[Any, ...]:
+        is_error = None if self.is_error is None else int(self.is_error)
+        return (
+            conversation,
+            self.seq,
+            self.turn,
+            self.tool_use_id,
+            self.name,
+            self.input,
+            self.started_at,
+            self.result,
+            is_error,
+            self.ended_at,
+            self.result_seq,
+        )
+
+    @classmethod
+    def from_row(cls, r: Mapping[str, Any]) -> ToolState:
+        return cls(
+            r["seq"],
+            r["turn"],
+            r["tool_use_id"],
+            r["name"],
+            r["input"],
+            r["started_at"],
+            r["result"],
+            None if r["is_error"] is None else bool(r["is_error"]),
+            r["ended_at"],
+            r["result_seq"],
+        )
+
+
+@dataclass(slots=True)
+class DeliveryState:
+    """One reply's delivery to one sink, over all its attempts (see ``heal.fold``)."""
+
+    delivery: str
+    turn: int
+    sink: str
+    status: str
+    first_seq: int
+    attempts: int = 0
+    error: str | None = None
+    at: str | None = None
+    last_seq: int = 0
+
+    def row(self, conversation: str) -> tuple[Any, ...]:
+        return (
+            conversation,
+            self.delivery,
+            self.turn,
+            self.sink,
+            self.status,
+            self.attempts,
+            self.error,
+            self.at,
+            self.first_seq,
+            self.last_seq,
+        )
+
+    @classmethod
+    def from_row(cls, r: Mapping[str, Any]) -> DeliveryState:
+        return cls(
+            delivery=r["delivery"],
+            turn=r["turn"],
+            sink=r["sink"],
+            status=r["status"],
+            first_seq=r["first_seq"],
+            attempts=r["attempts"],
+            error=r["error"],
+            at=r["at"],
+            last_seq=r["last_seq"],
+        )
+
+
+@dataclass(slots=True)
+class ConvState:
+    """One conversation's context; ``turns``/``tools``/``skips``/``deliveries`` are
+    the rows changed since they were last written."""
+
+    name: str
+    last_seq: int = 0
+    session_id: str | None = None
+    cwd: str | None = None
+    session_totals: dict[str, float] = field(default_factory=dict)  # running cost per session
+    last_activity: str | None = None
+    forked_from: str | None = None  # a fork's source conversation, turn and session
+    forked_turn: int | None = None
+    forked_session: str | None = None
+    open: TurnState | None = None  # started, not ended; kept across writes
+    turns: dict[int, TurnState] = field(default_factory=dict)
+    tools: dict[int, ToolState] = field(default_factory=dict)
+    tools_by_id: dict[str, ToolState] = field(default_factory=dict)
+    skips: list[tuple[Any, ...]] = field(default_factory=list)
+    deliveries: dict[str, DeliveryState] = field(default_factory=dict)
+    pending: int = 0  # events folded since the rows were last written
+
+    def clean(self) -> None:
+        """The rows were written: forget them (the context stays)."""
+        self.turns.clear()
+        self.tools.clear()
+        self.tools_by_id.clear()
+        self.skips.clear()
+        self.deliveries.clear()
+        self.pending = 0
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.name,
+            self.last_seq,
+            self.session_id,
+            self.cwd,
+            encode_json(self.session_totals),
+            self.last_activity,
+            self.forked_from,
+            self.forked_turn,
+            self.forked_session,
+        )
+
+
+class Loader(Protocol):
+    """Reads back rows already written. Returns None when there is no such row."""
+
+    def turn(self, conversation: str, turn: int) -> TurnState | None: ...
+
+    def tool(self, conversation: str, tool_use_id: str) -> ToolState | None: ...
+
+    def delivery(self, conversation: str, delivery: str) -> DeliveryState | None: ...
+
+
+def fold_event(c: ConvState, seq: int, ev: Event, loader: Loader) -> None:  # noqa: PLR0912  # one branch per event type
+    """Fold the event at ``seq`` (the caller checked it is new) into ``c``."""
+    kind = ev.get("type")
+    at = ev.get("at")
+    if isinstance(at, str):
+        c.last_activity = at
+    if kind in ("session_bound", "forked"):
+        _session(c, ev)
+        return
+    turn_no = ev.get("turn")
+    if not isinstance(turn_no, int):
+        return
+    if kind == "turn_started":
+        _turn_started(c, seq, turn_no, ev)
+        return
+    if kind == "beat_skipped":
+        _beat_skipped(c, seq, turn_no, ev)
+        return
+    t_or_none = _find_turn(c, turn_no, loader)
+    if t_or_none is None:
+        return  # like heal.fold: events of a turn that never started are ignored
+    if isinstance(kind, str) and kind.startswith(DELIVERY_PREFIX):
+        _delivery(c, seq, turn_no, ev, loader)
+        return
+    t = c.turns[turn_no] = t_or_none
+    t.last_seq = seq
+    if kind == "delta":
+        t.parts.append(str(ev.get("text", "")))
+        t.deltas += 1
+    elif kind == "assistant":
+        if ev.get("uuid"):
+            t.resume_at = ev["uuid"]
+    elif kind == "tool_use":
+        t.tool_calls += 1
+        tool_id = ev.get("id")
+        tool = ToolState(seq, turn_no, tool_id, ev.get("name"), encode_json(ev.get("input")), at)
+        c.tools[seq] = tool
+        if isinstance(tool_id, str):
+            c.tools_by_id[tool_id] = tool
+    elif kind == "tool_result":
+        _tool_result(c, seq, turn_no, ev, loader)
+    elif kind == "result":
+        _result(c, t, ev)
+    elif kind in END_STATUS:
+        t.status, t.ended_at = END_STATUS[kind], at
+        if kind == "turn_completed" and ev.get("quiet"):
+            t.status = "quiet"
+        if kind == "turn_failed":
+            t.reason, t.detail = ev.get("reason"), ev.get("detail")
+        elif kind == "turn_interrupted":
+            t.reason = ev.get("reason")
+        if c.open is t:
+            c.open = None
+
+
+def _session(c: ConvState, ev: Event) -> None:
+    """``session_bound``, or ``forked`` (a fork's first record: also where it came from)."""
+    c.session_id, c.cwd = ev.get("session_id"), ev.get("cwd")
+    c.session_totals.clear()  # a new CLI process: its running cost total restarts
+    if ev.get("type") == "forked":
+        source_turn = ev.get("source_turn")
+        c.forked_from = ev.get("source")
+        c.forked_turn = source_turn if isinstance(source_turn, int) else None
+        c.forked_session = ev.get("source_session_id")
+
+
+def _turn_started(c: ConvState, seq: int, turn_no: int, ev: Event) -> None:
+    if c.open is not None and c.open.turn != turn_no:
+        c.open.status = "interrupted"  # a later turn started first
+        c.turns[c.open.turn] = c.open
+    t = TurnState(
+        turn_no,
+        "running",
+        seq,
+        prompt=str(ev.get("prompt", "")),
+        started_at=ev.get("at"),
+        job=ev.get("job"),
+        trigger=ev.get("trigger"),
+        session_id=c.session_id,
+        last_seq=seq,
+    )
+    c.open = c.turns[turn_no] = t
+
+
+def _find_turn(c: ConvState, turn_no: int, loader: Loader) -> TurnState | None:
+    t = c.turns.get(turn_no)
+    if t is not None:
+        return t
+    if c.open is not None and c.open.turn == turn_no:
+        return c.open
+    return loader.turn(c.name, turn_no)
+
+
+def _tool_result(c: ConvState, seq: int, turn_no: int, ev: Event, loader: Loader) -> None:
+    tool_id = ev.get("tool_use_id")
+    tool = None
+    if isinstance(tool_id, str):
+        tool = c.tools_by_id.get(tool_id) or loader.tool(c.name, tool_id)
+    if tool is None:  # a result without its call: kept under its own sequence
+        tool = ToolState(seq, turn_no, tool_id, None, None, None)
+    if isinstance(tool_id, str):
+        c.tools_by_id[tool_id] = tool
+    c.tools[tool.seq] = tool
+    tool.result = encode_json(ev.get("content"))
+    tool.is_error = bool(ev.get("is_error"))
+    tool.ended_at = ev.get("at")
+    tool.result_seq = seq
+
+
+def _result(c: ConvState, t: TurnState, ev: Event) -> None:
+    t.session_id = ev.get("session_id") or t.session_id
+    t.is_error = bool(ev.get("is_error"))
+    text = ev.get("text")
+    if isinstance(text, str) and text:
+        t.result_text = text
+    total = ev.get("session_cost_usd")
+    if isinstance(total, int | float) and not isinstance(total, bool):
+        session = str(ev.get("session_id") or "")
+        step = round(max(0.0, total - c.session_totals.get(session, 0.0)), 6)
+        t.cost_usd = round((t.cost_usd or 0.0) + step, 6)
+        c.session_totals[session] = float(total)
+    usage = ev.get("usage")
+    if isinstance(usage, Mapping):
+        for i, (key, _) in enumerate(USAGE_KEYS):
+            n = usage.get(key)
+            if isinstance(n, int) and not isinstance(n, bool):
+                t.tokens[i] = (t.tokens[i] or 0) + n
+
+
+def _beat_skipped(c: ConvState, seq: int, turn_no: int, ev: Event) -> None:
+    at, reason, detail = ev.get("at"), ev.get("reason"), ev.get("detail") or None
+    count = ev.get("count")
+    missed = count if isinstance(count, int) and not isinstance(count, bool) else None
+    t = TurnState(turn_no, "skipped", seq, started_at=at, ended_at=at, last_seq=seq)
+    t.reason, t.detail, t.missed = reason, detail, missed
+    c.turns[turn_no] = t
+    extra = {k: v for k, v in ev.items() if k not in _SKIP_FIELDS}
+    c.skips.append((c.name, seq, turn_no, at, reason, detail, missed, encode_json(extra)))
+
+
+_SKIP_FIELDS = frozenset({"ev", "type", "at", "turn", "reason", "detail", "count"})
+
+
+def _delivery(c: ConvState, seq: int, turn_no: int, ev: Event, loader: Loader) -> None:
+    """The fence's last word per delivery, as ``heal.fold`` with a running daemon: an
+    attempt that started and has no outcome yet is ``in_progress``."""
+    kind = ev.get("type")
+    key = str(ev.get("delivery", ""))
+    d = c.deliveries.get(key) or loader.delivery(c.name, key)
+    if d is None:
+        d = DeliveryState(key, turn_no, str(ev.get("sink", "")), "in_progress", seq)
+    c.deliveries[key] = d
+    d.last_seq = seq
+    attempt = ev.get("attempt")
+    if isinstance(attempt, int):
+        d.attempts = max(d.attempts, attempt)
+    d.at = ev.get("at")
+    if kind == "delivery_started":
+        d.status = "in_progress"
+    elif kind == "delivery_done":
+        d.status, d.error = "done", None
+    elif kind == "delivery_failed":
+        d.status = "failed" if ev.get("retry_in_s") is None else "retrying"
+        d.error = ev.get("error")
+    elif kind == "delivery_unknown":
+        d.status = "unknown"
+        d.error = f"outcome unknown ({ev.get('reason')}); not sent again"

@@ -1,0 +1,382 @@
+"""``vigil verify``: authenticate every journal record and check the mirror against them.
+
+Read-only. Every journal under ``state_dir/conversations`` and ``state_dir/transcripts``
+is scanned (each record authenticated and checked for its sequence); a torn tail,
+corruption, a newer format or a key the keyring lacks is reported with file, line
+and sequence number, and the scan goes on with the next file. The conversations are
+replayed at the same time into a fresh in-memory mirror, whose rows are compared
+with the live mirror's, row by row. While a daemon runs, each conversation is
+compared up to the last record the live mirror has applied (it may lag by a few
+records it has not flushed yet); with no daemon, the mirror must hold everything.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from daemon.errors import JournalCorruptError, JournalVersionError, WrongKeyError
+from daemon.journal.conversation import conversation_names, journal_path
+from daemon.journal.file import INCOMPLETE_LAST_LINE, JOURNAL_SUFFIX, Visitor, scan
+from daemon.journal.framing import decode_payload
+from daemon.journal.keyring import Keyring
+from daemon.journal.lock import LOCK_NAME
+from daemon.layout import Layout
+from daemon.mirror.db import DumpRow, Mirror, MirrorError, Sink
+from daemon.mirror.schema import DUMP_COLUMNS
+
+FindingKind = Literal["torn_tail", "corrupt", "newer_format", "wrong_key", "unreadable"]
+MAX_DIFFERENCES = 20
+
+
+@dataclass(frozen=True)
+class JournalFinding:
+    path: str
+    kind: FindingKind
+    line: int | None
+    seq: int | None
+    detail: str
+
+    def describe(self) -> str:
+        where = ""
+        if self.line is not None:
+            where = f" line {self.line}"
+        if self.seq is not None:
+            where += f" (sequence {self.seq})"
+        return f"{self.path}:{where} {self.kind.replace('_', ' ')}: {self.detail}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "line": self.line,
+            "seq": self.seq,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class JournalCheck:
+    """One journal's scan. ``writing``: its last line was incomplete while a daemon
+    ran, which is a record being appended (not counted, and not damage)."""
+
+    path: str
+    stream: str
+    records: int
+    last_seq: int
+    finding: JournalFinding | None
+    writing: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "stream": self.stream,
+            "records": self.records,
+            "last_seq": self.last_seq,
+            "writing": self.writing,
+            "finding": self.finding.as_json() if self.finding else None,
+        }
+
+
+@dataclass(frozen=True)
+class MirrorDifference:
+    """One row that differs: ``live``/``rebuilt`` hold the differing columns, or are
+    None when the row is missing on that side."""
+
+    table: str
+    key: dict[str, Any]
+    live: dict[str, Any] | None
+    rebuilt: dict[str, Any] | None
+
+    def describe(self) -> str:
+        key = ", ".join(f"{k}={v!r}" for k, v in self.key.items())
+        if self.live is None:
+            return f"{self.table} [{key}]: missing from the live mirror"
+        if self.rebuilt is None:
+            return f"{self.table} [{key}]: in the live mirror but not in the journal"
+        cols = "; ".join(
+            f"{c}: live {_short(self.live[c])} != journal {_short(self.rebuilt[c])}"
+            for c in self.live
+        )
+        return f"{self.table} [{key}]: {cols}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"table": self.table, "key": self.key, "live": self.live, "rebuilt": self.rebuilt}
+
+
+MirrorState = Literal["absent", "compared", "unusable"]
+
+
+@dataclass
+class VerifyReport:
+    journals: list[JournalCheck] = field(default_factory=list)
+    mirror_path: str = ""
+    mirror_state: MirrorState = "absent"
+    mirror_problem: str | None = None
+    daemon_running: bool = False
+    differences: list[MirrorDifference] = field(default_factory=list)
+    differences_total: int = 0
+
+    @property
+    def findings(self) -> list[JournalFinding]:
+        return [j.finding for j in self.journals if j.finding is not None]
+
+    @property
+    def records(self) -> int:
+        return sum(j.records for j in self.journals)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings and self.mirror_problem is None and not self.differences_total
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "records": self.records,
+            "journals": [j.as_json() for j in self.journals],
+            "findings": [f.as_json() for f in self.findings],
+            "mirror": {
+                "path": self.mirror_path,
+                "state": self.mirror_state,
+                "problem": self.mirror_problem,
+                "daemon_running": self.daemon_running,
+                "differences_total": self.differences_total,
+                "differences": [d.as_json() for d in self.differences],
+            },
+        }
+
+    def render(self) -> str:
+        writing = sum(j.writing for j in self.journals)
+        lines = [
+            f"journals: {len(self.journals)} files, {self.records} records authenticated, "
+            f"{len(self.findings)} with problems"
+            + (f" ({writing} being written by the daemon, not counted)" if writing else "")
+        ]
+        lines += [f"  {f.describe()}" for f in self.findings]
+        if self.mirror_state == "absent":
+            lines.append(f"mirror: none at {self.mirror_path}; nothing to compare")
+        else:
+            lines.append(
+                f"mirror: {self.mirror_path}: "
+                + (
+                    "equals a fresh rebuild"
+                    if self.mirror_problem is None and not self.differences_total
+                    else f"{self.differences_total} rows differ from a fresh rebuild"
+                )
+                + (" (daemon running: compared up to what it has applied)") * self.daemon_running
+            )
+        if self.mirror_problem:
+            lines.append(f"  {self.mirror_problem}")
+        lines += [f"  {d.describe()}" for d in self.differences]
+        if self.differences_total > len(self.differences):
+            lines.append(f"  … and {self.differences_total - len(self.differences)} more")
+        if self.differences_total or self.mirror_problem:
+            lines.append("  fix: `vigil rebuild` (the mirror is derived; never patch it)")
+        lines.append("OK" if self.ok else "FAILED")
+        return "\n".join(lines) + "\n"
+
+
+def verify(
+    layout: Layout,
+    keyring: Keyring,
+    mirror_path: Path,
+    *,
+    max_differences: int = MAX_DIFFERENCES,
+) -> VerifyReport:
+    report = VerifyReport(mirror_path=str(mirror_path))
+    report.daemon_running = daemon_running(layout.state_dir)
+    live: Mirror | None = None
+    live_rows: list[DumpRow] = []
+    upto: dict[str, int] | None = None
+    if mirror_path.exists():
+        try:
+            live = Mirror.open(mirror_path, readonly=True)
+            live_rows = live.dump()  # one read snapshot
+            if report.daemon_running:
+                upto = {r.key[0]: r.values[0] for r in live_rows if r.table == "conversations"}
+        except (MirrorError, sqlite3.Error) as exc:
+            report.mirror_state, report.mirror_problem = "unusable", str(exc)
+        finally:
+            if live is not None:
+                live.db.close()
+    rebuilt = Mirror.open(":memory:")
+    for name in conversation_names(layout.conversations):
+        path = journal_path(layout.conversations, name)
+        limit = None if upto is None else upto.get(name, 0)
+        report.journals.append(
+            _check_conversation(rebuilt, path, name, keyring, limit, live=report.daemon_running)
+        )
+    for path in sorted(layout.transcripts.glob(f"*{JOURNAL_SUFFIX}")):
+        stream = f"t:{path.name[: -len(JOURNAL_SUFFIX)]}"
+        report.journals.append(check_journal(path, stream, keyring, live=report.daemon_running))
+    if report.mirror_state == "unusable" or not mirror_path.exists():
+        return report
+    report.mirror_state = "compared"
+    diffs = compare(live_rows, rebuilt.dump())
+    report.differences_total = len(diffs)
+    report.differences = diffs[:max_differences]
+    problem = check_index(mirror_path)
+    if problem is None:
+        problem = _mode_problem(mirror_path)
+    report.mirror_problem = problem
+    return report
+
+
+def _check_conversation(
+    rebuilt: Mirror, path: Path, name: str, keyring: Keyring, limit: int | None, *, live: bool
+) -> JournalCheck:
+    """Authenticate one conversation journal while replaying it into ``rebuilt``."""
+    result: list[JournalCheck] = []
+
+    def feed(sink: Sink) -> None:
+        def visit(fr: Any) -> None:
+            if limit is None or fr.seq <= limit:
+                sink(fr.seq, decode_payload(fr.payload))
+
+        result.append(check_journal(path, name, keyring, visit, live=live))
+
+    rebuilt.replay(name, feed)
+    check = result[0]
+    if check.finding is not None and check.finding.kind != "torn_tail":
+        rebuilt.purge(name)  # as `rebuild` does: an unreadable journal is left out
+    return check
+
+
+def check_journal(
+    path: Path, stream: str, keyring: Keyring, visit: Visitor | None = None, *, live: bool = False
+) -> JournalCheck:
+    """Scan one journal read-only; its problem, if any, becomes a finding.
+
+    ``live``: a daemon is running, so an incomplete last line is a record it is
+    appending right now (it writes whole lines; a torn one is cut off when it opens
+    the journal), reported as ``writing`` rather than as a torn tail.
+    """
+    shown = str(path)
+    try:
+        res = scan(path, stream, keyring, visit)
+    except JournalCorruptError as exc:
+        return _failed(stream, JournalFinding(shown, "corrupt", exc.line, exc.seq, exc.problem))
+    except JournalVersionError as exc:
+        detail = (
+            f"written by a newer vigil (format {exc.version!r}); this vigil reads formats "
+            f"up to {exc.supported}"
+        )
+        return _failed(stream, JournalFinding(shown, "newer_format", exc.line, None, detail))
+    except WrongKeyError as exc:
+        detail = f"key id {exc.key_id!r} is not in the keyring {exc.keyring}"
+        return _failed(stream, JournalFinding(shown, "wrong_key", None, None, detail))
+    except (OSError, ValueError) as exc:  # unreadable file; undecodable payload
+        return _failed(stream, JournalFinding(shown, "unreadable", None, None, str(exc)))
+    finding = None
+    if res.tail is not None and live and res.tail.reason == INCOMPLETE_LAST_LINE:
+        return JournalCheck(shown, stream, res.records, res.last_seq, None, writing=True)
+    if res.tail is not None:
+        finding = JournalFinding(
+            shown,
+            "torn_tail",
+            res.tail.line,
+            None,
+            f"{res.tail.reason} at byte {res.tail.offset} (a crash mid-write; the next "
+            "start cuts it off and keeps a copy)",
+        )
+    return JournalCheck(shown, stream, res.records, res.last_seq, finding)
+
+
+def _failed(stream: str, finding: JournalFinding) -> JournalCheck:
+    return JournalCheck(finding.path, stream, 0, 0, finding)
+
+
+def compare(live: list[DumpRow], rebuilt: list[DumpRow]) -> list[MirrorDifference]:
+    """Every row that differs between two dumps, in table and key order."""
+    order = {table: i for i, table in enumerate(DUMP_COLUMNS)}
+    a = {(r.table, r.key): r.values for r in live}
+    b = {(r.table, r.key): r.values for r in rebuilt}
+    diffs: list[MirrorDifference] = []
+    for table, key in sorted(a.keys() | b.keys(), key=lambda tk: (order[tk[0]], tk[1])):
+        mine, theirs = a.get((table, key)), b.get((table, key))
+        if mine == theirs:
+            continue
+        key_cols, value_cols = DUMP_COLUMNS[table]
+        named_key = dict(zip(key_cols, key, strict=True))
+        if mine is None or theirs is None:
+            diffs.append(
+                MirrorDifference(
+                    table,
+                    named_key,
+                    None if mine is None else dict(zip(value_cols, mine, strict=True)),
+                    None if theirs is None else dict(zip(value_cols, theirs, strict=True)),
+                )
+            )
+            continue
+        cols = [i for i, (x, y) in enumerate(zip(mine, theirs, strict=True)) if x != y]
+        diffs.append(
+            MirrorDifference(
+                table,
+                named_key,
+                {value_cols[i]: mine[i] for i in cols},
+                {value_cols[i]: theirs[i] for i in cols},
+            )
+        )
+    return diffs
+
+
+def check_index(path: Path) -> str | None:
+    """SQLite's FTS5 integrity check of the live mirror's index (reads only, but needs
+    a read-write connection); None when the index matches the turns."""
+    db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=rw", uri=True, isolation_level=None)
+    try:
+        db.execute("PRAGMA busy_timeout = 5000")
+        db.execute("INSERT INTO turns_fts(turns_fts, rank) VALUES ('integrity-check', 1)")
+    except sqlite3.DatabaseError as exc:
+        return f"the full-text index does not match the turns ({exc})"
+    finally:
+        db.close()
+    return None
+
+
+def _mode_problem(path: Path) -> str | None:
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        return f"the mirror holds conversation text but its mode is {mode:04o}; expected 0600"
+    return None
+
+
+def daemon_running(state_dir: Path, locks: Callable[[], str] | None = None) -> bool:
+    """Whether a process holds the state directory's lock (read from ``/proc/locks``,
+    so nothing is locked by asking; elsewhere a brief shared-lock probe)."""
+    lock = state_dir / LOCK_NAME
+    try:
+        st = lock.stat()
+    except FileNotFoundError:
+        return False
+    try:
+        text = locks() if locks is not None else Path("/proc/locks").read_text()
+    except OSError:
+        return _probe(lock)
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == ident:
+            return True
+    return False
+
+
+def _probe(lock: Path) -> bool:
+    fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
