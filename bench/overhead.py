@@ -23,6 +23,7 @@ from daemon import events as ev
 from daemon.journal.conversation import Conversation
 from daemon.journal.file import FsyncPolicy
 from daemon.journal.keyring import Keyring
+from daemon.journal.logstore import FileEventLogStore
 from daemon.logs import configure_logging, get_logger
 
 TURN_EVENTS = 50
@@ -41,7 +42,7 @@ def main() -> None:
     configure_logging("json", stream=sink)
     root = Path(tempfile.mkdtemp(prefix="vigil-bench-"))
     keyring = Keyring.generate()
-    conv = Conversation.open(root, "bench", keyring, fsync=FsyncPolicy.TURN)
+    conv = Conversation.open(FileEventLogStore(root, keyring, fsync=FsyncPolicy.TURN), "bench")
     text = "word " * 16  # a typical streamed delta is a few words; this is ~80 bytes
 
     journaled: list[float] = []

@@ -36,10 +36,10 @@ from typing import Any, NamedTuple
 
 from daemon import events as ev
 from daemon.journal.bulk import read_payloads
-from daemon.journal.conversation import conversation_names, journal_path
 from daemon.journal.file import FsyncPolicy, Journal, scan
 from daemon.journal.framing import decode_payload, encode_payload
 from daemon.journal.keyring import Keyring
+from daemon.journal.logstore import conversation_names, journal_path
 from daemon.mirror.db import DumpRow, Mirror, events_feed
 from daemon.mirror.rebuild import rebuild
 

@@ -85,7 +85,7 @@ class JournalWriteError(VigilError):
 
     exit_code = 5
 
-    def __init__(self, path: Path, errno_name: str, detail: str) -> None:
+    def __init__(self, path: Path | str, errno_name: str, detail: str) -> None:
         self.path = path
         self.errno_name = errno_name
         self.detail = detail
@@ -101,7 +101,7 @@ class JournalFatalError(VigilError):
 
     exit_code = 6
 
-    def __init__(self, path: Path, errno_name: str, detail: str) -> None:
+    def __init__(self, path: Path | str, errno_name: str, detail: str) -> None:
         self.path = path
         self.errno_name = errno_name
         self.detail = detail
@@ -148,3 +148,22 @@ class DirectoryError(VigilError):
         self.config = config
         where = f"{config}: {key}" if config is not None else key
         super().__init__(f"{where}: {path} cannot be created or written ({detail})")
+
+
+class OwnershipLost(VigilError):
+    """Another node took a conversation over (its lease epoch grew): this node must
+    write nothing more for it and deliver nothing more (cluster backends only)."""
+
+    exit_code = 12
+
+    def __init__(self, conversation: str, node: str, epoch: int, owner: str | None) -> None:
+        self.conversation = conversation
+        self.node = node
+        self.epoch = epoch
+        self.owner = owner
+        now = f"; {owner} owns it now" if owner else ""
+        super().__init__(
+            f"conversation {conversation!r}: node {node} lost ownership "
+            f"(its lease epoch {epoch} is stale{now}); nothing more is written or "
+            "delivered for it from this node"
+        )

@@ -17,9 +17,9 @@ import pytest
 from daemon.cli import mirror as cli_mirror
 from daemon.cli.main import main
 from daemon.config.model import load_config
-from daemon.journal.conversation import journal_path
 from daemon.journal.keyring import Keyring, generate_key_file
 from daemon.journal.lock import StateLock
+from daemon.journal.logstore import journal_path
 from daemon.layout import Layout
 from tests.test_mirror import sample_streams, write_journals
 from tests.test_verify import tamper_line

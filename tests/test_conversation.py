@@ -8,13 +8,16 @@ from daemon import events
 from daemon.journal.conversation import Conversation
 from daemon.journal.file import FsyncPolicy
 from daemon.journal.keyring import Keyring, generate_key_file
+from daemon.journal.logstore import FileEventLogStore
 
 
 def open_conv(tmp_path: Path) -> Conversation:
     key = tmp_path / "vigil.key"
     if not key.exists():
         generate_key_file(key)
-    return Conversation.open(tmp_path, "inbox", Keyring.load(key), fsync=FsyncPolicy.NEVER)
+    return Conversation.open(
+        FileEventLogStore(tmp_path, Keyring.load(key), fsync=FsyncPolicy.NEVER), "inbox"
+    )
 
 
 def start_turn(conv: Conversation, turn: int, prompt: str) -> None:

@@ -23,9 +23,10 @@ from daemon.cli.main import main
 from daemon.errors import ForkRefusedError
 from daemon.events import Event
 from daemon.events.heal import fold
-from daemon.journal.conversation import Conversation, ConversationState, journal_path
+from daemon.journal.conversation import Conversation, ConversationState
 from daemon.journal.file import FsyncPolicy, Journal
 from daemon.journal.keyring import Keyring, generate_key_file
+from daemon.journal.logstore import FileEventLogStore, journal_path
 from daemon.layout import Layout
 from daemon.mirror.db import Mirror
 from daemon.ops import fork as fork_module
@@ -271,7 +272,7 @@ def test_a_fork_copies_the_transcript_up_to_the_turn_and_changes_nothing_of_the_
     assert daemon_store.has_session(result.session_id)  # found although listed before
 
     conv = Conversation.open(
-        site.layout.conversations, "bravo", site.keyring, fsync=FsyncPolicy.TURN
+        FileEventLogStore(site.layout.conversations, site.keyring, fsync=FsyncPolicy.TURN), "bravo"
     )
     state = conv.state
     conv.close()

@@ -13,6 +13,7 @@ from daemon import events
 from daemon.journal.conversation import Conversation
 from daemon.journal.file import FsyncPolicy
 from daemon.journal.keyring import Keyring
+from daemon.journal.logstore import FileEventLogStore
 from jobs.budget import SpendLedger, turn_cost_steps
 from jobs.gate import BeatPolicy, check_beat
 from jobs.ledger import JobLedger
@@ -76,7 +77,7 @@ def test_spend_survives_a_restart_because_it_is_read_back_from_the_journal(
     tmp_path: Path,
 ) -> None:
     keyring = Keyring.generate()
-    conv = Conversation.open(tmp_path, "inbox", keyring, fsync=FsyncPolicy.NEVER)
+    conv = Conversation.open(FileEventLogStore(tmp_path, keyring, fsync=FsyncPolicy.NEVER), "inbox")
     now = datetime.now(UTC)
     stamp = now.isoformat().replace("+00:00", "Z")
     conv.record(events.turn_started(1, "beat", job="inbox", trigger="schedule", at=stamp))
@@ -86,7 +87,7 @@ def test_spend_survives_a_restart_because_it_is_read_back_from_the_journal(
 
     ledger = JobLedger()
     reopened = Conversation.open(
-        tmp_path, "inbox", keyring, fsync=FsyncPolicy.NEVER, visit=ledger.feed
+        FileEventLogStore(tmp_path, keyring, fsync=FsyncPolicy.NEVER), "inbox", visit=ledger.feed
     )
     reopened.close()
     assert round(ledger.spend.spent_today(now, UTC), 6) == 0.0107

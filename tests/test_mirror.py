@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from daemon import events as ev
 from daemon.events import Event
 from daemon.events.heal import fold
-from daemon.journal.conversation import journal_path
 from daemon.journal.file import FsyncPolicy, Journal
 from daemon.journal.keyring import Keyring
+from daemon.journal.logstore import journal_path
 from daemon.mirror.db import Mirror, MirrorError, events_feed
 from daemon.mirror.rebuild import RebuildProgress, rebuild
 from daemon.mirror.workers import Job, RebuildWorkerError, WorkerPool

@@ -13,6 +13,7 @@ from daemon import events as ev
 from daemon.journal.conversation import Conversation
 from daemon.journal.file import FsyncPolicy, Journal
 from daemon.journal.keyring import Keyring
+from daemon.journal.logstore import FileEventLogStore
 from daemon.runtime.recovery_read import fold_all
 from jobs.ledger import JobLedger
 
@@ -49,7 +50,9 @@ def write_conversation(directory: Path, name: str, turns: int, *, torn: bool = F
 
 def serial(directory: Path, name: str) -> tuple[Conversation, JobLedger]:
     ledger = JobLedger()
-    conv = Conversation.open(directory, name, RING, fsync=FsyncPolicy.NEVER, visit=ledger.feed)
+    conv = Conversation.open(
+        FileEventLogStore(directory, RING, fsync=FsyncPolicy.NEVER), name, visit=ledger.feed
+    )
     return conv, ledger
 
 
@@ -67,7 +70,7 @@ def test_parallel_fold_equals_the_serial_read_and_reopens_without_rereading(
     for name in names:
         expected_conv, expected_ledger = serial(serial_dir, name)
         conv = Conversation.open_folded(
-            parallel_dir, name, RING, folded[name], fsync=FsyncPolicy.NEVER
+            FileEventLogStore(parallel_dir, RING, fsync=FsyncPolicy.NEVER), name, folded[name]
         )
         assert conv is not None
         assert conv.state == expected_conv.state
@@ -105,7 +108,9 @@ def test_unreadable_journals_are_left_to_the_caller_and_changed_files_reread(
     grow.append(ev.turn_started(9, "late", job="job0", trigger="manual"))
     grow.close()
     assert (
-        Conversation.open_folded(tmp_path, "job0", RING, folded["job0"], fsync=FsyncPolicy.NEVER)
+        Conversation.open_folded(
+            FileEventLogStore(tmp_path, RING, fsync=FsyncPolicy.NEVER), "job0", folded["job0"]
+        )
         is None
     )
 

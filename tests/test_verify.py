@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.journal.conversation import journal_path
 from daemon.journal.file import FsyncPolicy, Journal
 from daemon.journal.keyring import Keyring
 from daemon.journal.lock import StateLock
+from daemon.journal.logstore import journal_path
 from daemon.layout import Layout
 from daemon.mirror.db import Mirror
 from daemon.mirror.rebuild import rebuild

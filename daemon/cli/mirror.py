@@ -27,10 +27,10 @@ from rich.text import Text
 
 from daemon.config.model import Config, UnknownJobError, default_config_path, load_config
 from daemon.errors import VigilError
-from daemon.journal.conversation import conversation_names, journal_path
 from daemon.journal.file import scan
 from daemon.journal.framing import decode_payload
 from daemon.journal.keyring import Keyring, resolve_key_path
+from daemon.journal.logstore import conversation_names, journal_path
 from daemon.layout import Layout
 from daemon.mirror.db import ConversationSummary, Hit, Mirror
 from daemon.mirror.rebuild import RebuildProgress, RebuildStats, rebuild

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon import events as ev
 from daemon.events import Event, event_type
-from daemon.journal.file import JOURNAL_SUFFIX, FsyncPolicy, Journal, TailCut
-from daemon.journal.framing import Frame, decode_payload
-from daemon.journal.keyring import Keyring
+from daemon.journal.file import Journal, TailCut
+from daemon.journal.logstore import FileEventLogStore
 from daemon.logs import get_logger
+from daemon.ports.eventlog import EventLog, EventLogStore
 
 if TYPE_CHECKING:
     from daemon.runtime.recovery_read import Folded
@@ -95,7 +94,7 @@ class ConversationState:
 class Conversation:
     """One heartbeat job's conversation. Not thread-safe; lives on the event loop."""
 
-    def __init__(self, name: str, journal: Journal, state: ConversationState) -> None:
+    def __init__(self, name: str, journal: EventLog, state: ConversationState) -> None:
         self.name = name
         self.journal = journal
         self.state = state
@@ -106,48 +105,39 @@ class Conversation:
     @classmethod
     def open(
         cls,
-        directory: Path,
+        store: EventLogStore,
         name: str,
-        keyring: Keyring,
         *,
-        fsync: FsyncPolicy,
         visit: Callable[[Event], None] | None = None,
     ) -> Conversation:
-        """Open (recovering a torn tail) or create the conversation's journal.
+        """Open (recovering a torn tail) or create the conversation's log.
 
         ``visit`` also sees every journaled event, in order, during the one read.
         """
         state = ConversationState()
 
-        def feed(frame: Frame) -> None:
-            event = decode_payload(frame.payload)
+        def feed(event: Event) -> None:
             state.feed(event)
             if visit is not None:
                 visit(event)
 
-        path = journal_path(directory, name)
-        journal = Journal.open(path, name, keyring, fsync=fsync, visit=feed)
-        return cls(name, journal, state)
+        return cls(name, store.open(name, visit=feed), state)
 
     @classmethod
     def open_folded(
-        cls,
-        directory: Path,
-        name: str,
-        keyring: Keyring,
-        folded: Folded,
-        *,
-        fsync: FsyncPolicy,
+        cls, store: FileEventLogStore, name: str, folded: Folded
     ) -> Conversation | None:
         """Open a journal another process has just read and folded (start-up's parallel
         read), without reading it again; ``None`` if the file changed since."""
-        path = journal_path(directory, name)
-        journal = Journal.open_scanned(path, name, keyring, folded.scan, folded.size, fsync=fsync)
+        journal = Journal.open_scanned(
+            store.path(name), name, store.keyring, folded.scan, folded.size, fsync=store.fsync
+        )
         return None if journal is None else cls(name, journal, folded.state)
 
     @property
     def tail_cut(self) -> TailCut | None:
-        return self.journal.tail_cut
+        cut: TailCut | None = self.journal.tail_cut
+        return cut
 
     def record(self, event: Event) -> int:
         """Journal ``event``, then show it. Raises the journal's errors unshown."""
@@ -211,13 +201,3 @@ class Conversation:
             self.log.info("tool_use", tool=event.get("name"), **fields)
         else:
             self.log.info(kind, **fields)
-
-
-def journal_path(directory: Path, name: str) -> Path:
-    return directory / f"{name}{JOURNAL_SUFFIX}"
-
-
-def conversation_names(directory: Path) -> list[str]:
-    if not directory.is_dir():
-        return []
-    return sorted(p.name[: -len(JOURNAL_SUFFIX)] for p in directory.glob(f"*{JOURNAL_SUFFIX}"))

@@ -353,6 +353,10 @@ class Journal:
             os.close(fd)
 
     @property
+    def name(self) -> str:
+        return self.stream_id
+
+    @property
     def size(self) -> int:
         return self._size
 

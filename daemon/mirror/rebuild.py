@@ -22,10 +22,10 @@ from typing import Any
 from daemon.config.model import UnknownJobError
 from daemon.errors import VigilError
 from daemon.journal.bulk import NotPlain, read_payloads
-from daemon.journal.conversation import conversation_names, journal_path
 from daemon.journal.file import scan
 from daemon.journal.framing import Frame, decode_payload
 from daemon.journal.keyring import Keyring
+from daemon.journal.logstore import conversation_names, journal_path
 from daemon.mirror.db import Feed, Mirror, Sink
 from daemon.mirror.rows import ConvRows, fold_journal
 from daemon.mirror.workers import Job, WorkerPool

@@ -35,9 +35,9 @@ from daemon.agent.store import JournalSessionStore
 from daemon.errors import ForkRefusedError, VigilError
 from daemon.events.heal import ConversationView, TurnView, fold
 from daemon.fsutil import fsync_dir
-from daemon.journal.conversation import journal_path
 from daemon.journal.file import FsyncPolicy, Journal, read_events
 from daemon.journal.keyring import Keyring
+from daemon.journal.logstore import journal_path
 from daemon.layout import Layout
 from daemon.mirror.db import Mirror, MirrorError
 from daemon.mirror.rebuild import journal_feed

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from daemon.config.model import Config, UnknownJobError
 from daemon.events.heal import ConversationView, ForkOrigin, TurnView, fold
-from daemon.journal.conversation import conversation_names, journal_path
 from daemon.journal.file import read_events
 from daemon.journal.keyring import Keyring
+from daemon.journal.logstore import conversation_names, journal_path
 from daemon.layout import Layout
 from daemon.ops.verify import daemon_running
 

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from daemon.errors import JournalCorruptError, JournalVersionError, WrongKeyError
-from daemon.journal.conversation import conversation_names, journal_path
 from daemon.journal.file import INCOMPLETE_LAST_LINE, JOURNAL_SUFFIX, Visitor, scan
 from daemon.journal.framing import decode_payload
 from daemon.journal.keyring import Keyring
 from daemon.journal.lock import LOCK_NAME
+from daemon.journal.logstore import conversation_names, journal_path
 from daemon.layout import Layout
 from daemon.mirror.db import DumpRow, Mirror, MirrorError, Sink
 from daemon.mirror.schema import DUMP_COLUMNS

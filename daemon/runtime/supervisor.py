@@ -33,10 +33,11 @@ from daemon.agent.store import JournalSessionStore
 from daemon.config.model import Config, ConfigError, HeartbeatConfig, load_config
 from daemon.errors import DirectoryError, JournalFatalError, JournalWriteError, VigilError
 from daemon.events import Trigger
-from daemon.journal.conversation import Conversation, journal_path
+from daemon.journal.conversation import Conversation
 from daemon.journal.file import FsyncPolicy
 from daemon.journal.keyring import Keyring
 from daemon.journal.lock import StateLock
+from daemon.journal.logstore import FileEventLogStore, journal_path
 from daemon.layout import Layout
 from daemon.logs import get_logger
 from daemon.mirror.db import Mirror
@@ -143,6 +144,7 @@ class Supervisor:
         self.layout.adopt_tmpdir()
         for leftover in self.layout.remove_resume_leftovers():
             self.log.info("removed_resume_leftover", path=str(leftover))
+        self.logs = FileEventLogStore(self.layout.conversations, self.keyring, fsync=self.fsync)
         self.store = JournalSessionStore(self.layout.transcripts, self.keyring, fsync=self.fsync)
         self._spec_env = self.layout.cli_env(
             self.environ, max_retries=self.config.daemon.model_max_retries
@@ -275,13 +277,13 @@ class Supervisor:
 
         Creates the journal when there is none; journals nothing.
         """
-        directory, name = self.layout.conversations, job_cfg.name
+        name = job_cfg.name
         if folded is not None:
-            conv = Conversation.open_folded(directory, name, self.keyring, folded, fsync=self.fsync)
+            conv = Conversation.open_folded(self.logs, name, folded)
             if conv is not None:
                 return self._log_tail_cut(conv), folded.ledger
         ledger = JobLedger()  # not read yet, or changed since the worker read it
-        conv = Conversation.open(directory, name, self.keyring, fsync=self.fsync, visit=ledger.feed)
+        conv = Conversation.open(self.logs, name, visit=ledger.feed)
         return self._log_tail_cut(conv), ledger
 
     def _log_tail_cut(self, conv: Conversation) -> Conversation:
