@@ -6,6 +6,7 @@ type and the CLI (the one place that maps errors to exit codes) prints ``str(exc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -167,3 +168,18 @@ class OwnershipLost(VigilError):
             f"(its lease epoch {epoch} is stale{now}); nothing more is written or "
             "delivered for it from this node"
         )
+
+
+class UnknownJobError(VigilError, KeyError):
+    """``Config.job(name)`` was asked for a job the config does not define."""
+
+    exit_code = 2
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        self.name = name
+        self.known = list(known)
+        super().__init__(name, self.known)
+
+    def __str__(self) -> str:
+        known = ", ".join(self.known) if self.known else "none are configured"
+        return f"no heartbeat job named {self.name!r} (jobs: {known})"

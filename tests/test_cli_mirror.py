@@ -16,7 +16,7 @@ import pytest
 
 from daemon.cli import mirror as cli_mirror
 from daemon.cli.main import main
-from daemon.config.model import load_config
+from daemon.config.load import load_config
 from daemon.journal.keyring import Keyring, generate_key_file
 from daemon.journal.lock import StateLock
 from daemon.journal.logstore import journal_path

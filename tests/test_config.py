@@ -15,19 +15,11 @@ from apscheduler.triggers.cron import CronTrigger
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.config.model import (
-    Config,
-    ConfigError,
-    ConfigProblem,
-    DaemonConfig,
-    HeartbeatConfig,
-    UnknownJobError,
-    config_from_dict,
-    default_config_path,
-    load_config,
-)
+from daemon.config.load import config_from_dict, default_config_path, load_config
+from daemon.config.model import Config, DaemonConfig, HeartbeatConfig
+from daemon.config.problems import ConfigError, ConfigProblem
 from daemon.durations import format_duration, parse_duration
-from daemon.errors import VigilError
+from daemon.errors import UnknownJobError, VigilError
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config.model import Config, ConfigError, load_config
+from daemon.config.load import load_config
+from daemon.config.model import Config
+from daemon.config.problems import ConfigError
 from daemon.runtime.job import agent_spec, schedule_key
 from daemon.runtime.reload import daemon_changes, diff_jobs, reload_problems
 

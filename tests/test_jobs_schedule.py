@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from daemon.config.model import normalize_crontab
+from daemon.config.cron import normalize_crontab
 from jobs.schedule import CronSchedule, interval_trigger
 
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -11,12 +11,12 @@ import pytest
 
 from daemon.journal.file import FsyncPolicy, Journal
 from daemon.journal.keyring import Keyring
-from daemon.journal.lock import StateLock
+from daemon.journal.lock import StateLock, daemon_running
 from daemon.journal.logstore import journal_path
 from daemon.layout import Layout
 from daemon.mirror.db import Mirror
 from daemon.mirror.rebuild import rebuild
-from daemon.ops.verify import daemon_running, verify
+from daemon.ops.verify import verify
 from tests.test_mirror import sample_streams, write_journals
 
 

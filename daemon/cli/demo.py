@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from daemon.config.model import load_config
+from daemon.config.load import load_config
 from daemon.journal.keyring import Keyring, generate_key_file
 from daemon.ops.history import load_history
 

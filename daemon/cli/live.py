@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon.config.model import Config, default_config_path, load_config
+from daemon.config.load import default_config_path, load_config
+from daemon.config.model import Config
 from daemon.errors import VigilError
 from daemon.events import Event
 from daemon.journal.file import scan

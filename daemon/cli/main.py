@@ -13,7 +13,9 @@ from pathlib import Path
 from daemon.cli import live as cli_live
 from daemon.cli import mirror as cli_mirror
 from daemon.cli.mirror import check_owner
-from daemon.config.model import JOB_NAME_PATTERN, Config, default_config_path, load_config
+from daemon.config.fields import JOB_NAME_PATTERN
+from daemon.config.load import default_config_path, load_config
+from daemon.config.model import Config
 from daemon.errors import VigilError
 from daemon.journal.file import FsyncPolicy
 from daemon.journal.keyring import Keyring, generate_key_file, resolve_key_path, rotate_key_file

@@ -25,8 +25,9 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from daemon.config.model import Config, UnknownJobError, default_config_path, load_config
-from daemon.errors import VigilError
+from daemon.config.load import default_config_path, load_config
+from daemon.config.model import Config
+from daemon.errors import UnknownJobError, VigilError
 from daemon.journal.file import scan
 from daemon.journal.framing import decode_payload
 from daemon.journal.keyring import Keyring, resolve_key_path

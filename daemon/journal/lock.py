@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from daemon.errors import StateLockedError
@@ -34,3 +35,34 @@ class StateLock:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
+
+
+def daemon_running(state_dir: Path, locks: Callable[[], str] | None = None) -> bool:
+    """Whether a process holds the state directory's lock (read from ``/proc/locks``,
+    so nothing is locked by asking; elsewhere a brief shared-lock probe)."""
+    lock = state_dir / LOCK_NAME
+    try:
+        st = lock.stat()
+    except FileNotFoundError:
+        return False
+    try:
+        text = locks() if locks is not None else Path("/proc/locks").read_text()
+    except OSError:
+        return _probe(lock)
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == ident:
+            return True
+    return False
+
+
+def _probe(lock: Path) -> bool:
+    fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

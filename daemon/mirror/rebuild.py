@@ -19,8 +19,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-from daemon.config.model import UnknownJobError
-from daemon.errors import VigilError
+from daemon.errors import UnknownJobError, VigilError
 from daemon.journal.bulk import NotPlain, read_payloads
 from daemon.journal.file import scan
 from daemon.journal.framing import Frame, decode_payload

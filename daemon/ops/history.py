@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.config.model import Config, UnknownJobError
+from daemon.config.model import Config
+from daemon.errors import UnknownJobError
 from daemon.events.heal import ConversationView, ForkOrigin, TurnView, fold
 from daemon.journal.file import read_events
 from daemon.journal.keyring import Keyring
+from daemon.journal.lock import daemon_running
 from daemon.journal.logstore import conversation_names, journal_path
 from daemon.layout import Layout
-from daemon.ops.verify import daemon_running
 
 
 def existing_journal(config: Config, name: str) -> Path:

@@ -12,10 +12,7 @@ records it has not flushed yet); with no daemon, the mirror must hold everything
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +21,7 @@ from daemon.errors import JournalCorruptError, JournalVersionError, WrongKeyErro
 from daemon.journal.file import INCOMPLETE_LAST_LINE, JOURNAL_SUFFIX, Visitor, scan
 from daemon.journal.framing import decode_payload
 from daemon.journal.keyring import Keyring
-from daemon.journal.lock import LOCK_NAME
+from daemon.journal.lock import daemon_running
 from daemon.journal.logstore import conversation_names, journal_path
 from daemon.layout import Layout
 from daemon.mirror.db import DumpRow, Mirror, MirrorError, Sink
@@ -344,37 +341,6 @@ def _mode_problem(path: Path) -> str | None:
     if mode & 0o077:
         return f"the mirror holds conversation text but its mode is {mode:04o}; expected 0600"
     return None
-
-
-def daemon_running(state_dir: Path, locks: Callable[[], str] | None = None) -> bool:
-    """Whether a process holds the state directory's lock (read from ``/proc/locks``,
-    so nothing is locked by asking; elsewhere a brief shared-lock probe)."""
-    lock = state_dir / LOCK_NAME
-    try:
-        st = lock.stat()
-    except FileNotFoundError:
-        return False
-    try:
-        text = locks() if locks is not None else Path("/proc/locks").read_text()
-    except OSError:
-        return _probe(lock)
-    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == ident:
-            return True
-    return False
-
-
-def _probe(lock: Path) -> bool:
-    fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def _short(value: Any, limit: int = 60) -> str:

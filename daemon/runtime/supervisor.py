@@ -30,7 +30,9 @@ from typing import Any
 from daemon.agent.pool import ClientPool, LeaseTimeout
 from daemon.agent.sdk import AgentSession, preload_sdk
 from daemon.agent.store import JournalSessionStore
-from daemon.config.model import Config, ConfigError, HeartbeatConfig, load_config
+from daemon.config.load import load_config
+from daemon.config.model import Config, HeartbeatConfig
+from daemon.config.problems import ConfigError
 from daemon.errors import DirectoryError, JournalFatalError, JournalWriteError, VigilError
 from daemon.events import Trigger
 from daemon.journal.conversation import Conversation

@@ -29,7 +29,7 @@ from typing import IO, Any
 
 import pytest
 
-from daemon.config.model import load_config
+from daemon.config.load import load_config
 from daemon.events.heal import ConversationView, fold
 from daemon.journal.file import read_events, scan
 from daemon.journal.framing import decode_payload

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config.model import load_config
+from daemon.config.load import load_config
 from daemon.journal.keyring import Keyring, generate_key_file
 from daemon.runtime.notify import SystemdNotifier
 from daemon.runtime.supervisor import Supervisor

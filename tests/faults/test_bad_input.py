@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config.model import DaemonConfig, HeartbeatConfig, load_config
+from daemon.config.load import load_config
+from daemon.config.model import DaemonConfig, HeartbeatConfig
 from daemon.events.heal import fold
 from daemon.journal.file import read_events
 from daemon.journal.keyring import Keyring, generate_key_file

@@ -1,0 +1,254 @@
+"""Field types of the configuration: pydantic validators that say what was expected.
+
+Relative paths resolve against the config file's directory (the validation context's
+``base_dir``). Every failure is a :func:`_fail` whose text is shown to the operator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import re
+import zoneinfo
+from collections.abc import Mapping
+from datetime import date, time, timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+)
+from pydantic_core import PydanticCustomError
+
+from daemon.durations import format_duration, parse_duration
+from jobs.hours import ActiveHours
+
+DEFAULT_CONFIG_PATH = Path("/etc/vigil/vigil.toml")
+JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_MIN_EVERY = timedelta(seconds=1)
+_MIN_TURN_TIMEOUT = timedelta(seconds=1)
+
+
+def _fail(message: str, *, loc: tuple[str | int, ...] = ()) -> PydanticCustomError:
+    """A validation error whose text is ``message`` verbatim; ``loc`` extends its key."""
+    return PydanticCustomError("vigil", "{message}", {"message": message, "loc": loc})
+
+
+# ---------------------------------------------------------------- field types
+
+
+def _describe(value: object) -> str:  # noqa: PLR0911 -- one return per TOML value type
+    """How a TOML value reads to the person who wrote it."""
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"number {value}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return f"string {json.dumps(shown)}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, date | time):
+        return f"date/time {value.isoformat()}"
+    return type(value).__name__
+
+
+def _base_dir(info: ValidationInfo) -> Path | None:
+    context = info.context
+    base = context.get("base_dir") if isinstance(context, Mapping) else None
+    return base if isinstance(base, Path) else None
+
+
+def _path(value: object, info: ValidationInfo) -> Path:
+    if isinstance(value, Path):
+        path = value
+    elif isinstance(value, str):
+        if not value.strip():
+            raise _fail("is empty; expected a path")
+        if value.startswith("~"):
+            raise _fail(f"{value!r}: '~' is not expanded here; write the full path")
+        path = Path(value)
+    else:
+        raise _fail(f"expected a path string, got {_describe(value)}")
+    if path.is_absolute():
+        return path
+    base = _base_dir(info)
+    if base is None:
+        raise _fail(f"relative path {str(path)!r} has no config file to resolve against")
+    return base / path
+
+
+def _note(value: object) -> str:
+    """Tell the reader where a relative path was looked for."""
+    if isinstance(value, str) and not Path(value).is_absolute():
+        return " (relative paths resolve against the config file's directory)"
+    return ""
+
+
+def _directory(value: object, info: ValidationInfo) -> Path:
+    path = _path(value, info)
+    if not path.exists():
+        raise _fail(f"directory {path} does not exist{_note(value)}")
+    if not path.is_dir():
+        raise _fail(f"{path} is not a directory{_note(value)}")
+    return path
+
+
+def _creatable_directory(value: object, info: ValidationInfo) -> Path:
+    """A directory the daemon creates when missing; refused when a file is in the way."""
+    path = _path(value, info)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "" if probe == path else f" (so {path} cannot be created)"
+        raise _fail(f"{probe} is a file, not a directory{where}")
+    return path
+
+
+def _duration(value: object) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise _fail(f'expected a duration string like "30m", got {_describe(value)}')
+    if not isinstance(value, str):
+        raise _fail(
+            f"expected a duration string with a unit, like "
+            f'"{value}s" or "{value}m", got {_describe(value)}'
+        )
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _at_least(minimum: timedelta, why: str) -> AfterValidator:
+    def check(value: timedelta) -> timedelta:
+        if value < minimum:
+            raise _fail(f"{format_duration(value)} is too short: {why}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _job_name(value: str) -> str:
+    if not JOB_NAME_PATTERN.fullmatch(value):
+        raise _fail(f"bad job name {json.dumps(value)}: use 1 to 64 letters, digits, '_' or '-'")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise _fail("is empty")
+    return value
+
+
+def _timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        close = difflib.get_close_matches(value, zoneinfo.available_timezones(), n=1)
+        hint = f"; did you mean {json.dumps(close[0])}?" if close else ""
+        raise _fail(
+            f'unknown time zone {json.dumps(value)}: expected an IANA name like "Europe/Berlin" '
+            f'or "UTC"{hint}'
+        ) from None
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptFile:
+    """A prompt file, read at load time: its resolved path and its text."""
+
+    path: Path
+    text: str
+
+
+def _read_text(path: Path, what: str) -> str:
+    """Read UTF-8 text (a BOM is dropped); ``ValueError`` says why not, naming ``what``."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{what} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"{what} is a directory, not a file") from None
+    except PermissionError:
+        raise ValueError(f"{what} is not readable by this user (uid {os.geteuid()})") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {what}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(
+            f"{what} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})"
+        ) from None
+
+
+def _prompt_file(value: object, info: ValidationInfo) -> object:
+    if isinstance(value, PromptFile):
+        return value
+    path = _path(value, info)
+    try:
+        text = _read_text(path, f"prompt file {path}")
+    except ValueError as exc:
+        note = "" if path.exists() else _note(value)  # where it was looked for, if missing
+        raise _fail(f"{exc}{note}") from None
+    return PromptFile(path, text)  # empty is fine: the beat is skipped (empty_prompt)
+
+
+def _active_hours(value: str) -> str:
+    try:
+        return str(ActiveHours.parse(value))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _url(value: str) -> str:
+    scheme, _, rest = value.partition("://")
+    if scheme not in ("http", "https") or not rest.split("/")[0]:
+        raise _fail(f"bad url {value!r}: expected http://host[:port]/path or https://...")
+    return value
+
+
+def _file_sink_path(value: object, info: ValidationInfo) -> Path:
+    path = _path(value, info)
+    if not path.parent.is_dir():
+        raise _fail(f"directory {path.parent} does not exist{_note(value)}")
+    if path.is_dir():
+        raise _fail(f"{path} is a directory; expected a file to append to")
+    return path
+
+
+def _sink_name(value: str) -> str:
+    if not JOB_NAME_PATTERN.fullmatch(value):
+        raise _fail(f"bad sink name {json.dumps(value)}: use 1 to 64 letters, digits, '_' or '-'")
+    return value
+
+
+ConfigPath = Annotated[Path, BeforeValidator(_path)]
+DataDirectory = Annotated[Path, BeforeValidator(_creatable_directory)]
+Directory = Annotated[Path, BeforeValidator(_directory)]
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+Text = Annotated[str, AfterValidator(_not_blank)]
+Interval = Annotated[Duration, _at_least(_MIN_EVERY, "heartbeats must be at least 1s apart")]
+Timeout = Annotated[Duration, _at_least(_MIN_TURN_TIMEOUT, "a turn needs at least 1s")]
+FsyncPolicy = Literal["always", "turn", "never"]
+LogFormat = Literal["json", "console"]
+InterruptedPolicy = Literal["replay", "continue", "drop"]
+CatchUpPolicy = Literal["skip", "once"]
+SinkType = Literal["stdout", "file", "command", "webhook"]
+Money = Annotated[float, Field(gt=0)]
+PermissionMode = Literal["default", "acceptEdits", "plan", "bypassPermissions"]
+
+_MODEL_CONFIG = ConfigDict(extra="forbid", strict=True, frozen=True)
