@@ -20,12 +20,13 @@ import time
 import uuid
 from pathlib import Path
 
-from daemon.agent.sdk import AgentSession, AgentSpec, ConnectPlan
+from daemon.agent.sdk import AgentSession
 from daemon.agent.store import JournalSessionStore
 from daemon.events import Event, event_type
 from daemon.journal.file import FsyncPolicy
 from daemon.journal.keyring import Keyring
 from daemon.layout import Layout
+from daemon.ports.agent import AgentSpec, ConnectPlan
 from daemon.testing.devmodel import DevModelServer
 
 

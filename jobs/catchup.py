@@ -97,3 +97,39 @@ def next_on_grid(since: datetime, every: timedelta, now: datetime) -> datetime:
 def runs_catch_up(policy: CatchUpPolicy, missed: Missed | None) -> bool:
     """Whether one catch-up beat runs now."""
     return policy == "once" and missed is not None
+
+
+def first_interval_due(
+    *,
+    since: datetime | None,
+    every: timedelta,
+    now: datetime,
+    missed: Missed | None,
+    runs_now: bool,
+    splay: timedelta,
+    first_delay: timedelta,
+) -> datetime:
+    """When an ``every`` job that was not running beats first.
+
+    ``since`` is the last beat that came due (from the journal), ``runs_now`` whether a
+    beat runs at once (a catch-up, or a replayed turn). A job that never beat starts
+    after ``first_delay`` plus its ``splay`` (so a fleet does not fire at once); after
+    a beat that runs now, the next is one interval later; with missed beats not caught
+    up (``catch_up = "skip"``) the next is on the old grid; otherwise one interval after
+    the last.
+    """
+    if since is None:
+        return now + first_delay + splay
+    if runs_now:
+        return now + every
+    if missed is not None:
+        return next_on_grid(since, every, now)
+    return since + every
+
+
+def rescheduled_due(
+    *, last: datetime | None, every: timedelta, now: datetime, first_delay: timedelta
+) -> datetime:
+    """A changed schedule's next beat: one (new) interval after the last beat, never in
+    the past, so a change fires neither early nor twice."""
+    return now + first_delay if last is None else max(now, last + every)

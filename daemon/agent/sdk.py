@@ -13,14 +13,21 @@ import contextlib
 import os
 import signal
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from daemon import events as ev
 from daemon.agent.store import JournalSessionStore
 from daemon.events import Event
+from daemon.ports.agent import (
+    AgentFailure,
+    AgentSpec,
+    ConnectPlan,
+    Emit,
+    TurnOutcome,
+)
 
 if TYPE_CHECKING:
     from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
@@ -36,56 +43,6 @@ def preload_sdk() -> None:
     import claude_agent_sdk  # noqa: F401, PLC0415
 
 
-FailureReason = Literal[
-    "connect_failed", "resume_rejected", "cli_died", "model_error", "timeout", "interrupted"
-]
-PermissionMode = Literal["default", "acceptEdits", "plan", "bypassPermissions"]
-
-
-class AgentFailure(Exception):
-    """A turn (or a connect) did not complete. ``reason`` is a stable code."""
-
-    def __init__(self, reason: FailureReason, detail: str) -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}")
-
-
-@dataclass(frozen=True)
-class AgentSpec:
-    """What the SDK needs to know about a conversation, from the job's config."""
-
-    cwd: Path
-    env: dict[str, str]
-    model: str | None = None
-    system_prompt: str | None = None
-    allowed_tools: list[str] | None = None
-    permission_mode: PermissionMode = "default"
-    max_turns: int | None = None
-    max_budget_usd: float | None = None  # per query (beat), enforced by the CLI
-
-
-@dataclass(frozen=True)
-class ConnectPlan:
-    """How to attach to the conversation's SDK session."""
-
-    session_id: str
-    resume: bool  # False: first connect, assign ``session_id``
-    resume_at: str | None = None  # keep the transcript up to this entry
-    drops_turn: str | None = None  # prompt uuid of the turn being discarded
-
-
-@dataclass(frozen=True)
-class TurnOutcome:
-    session_id: str
-    is_error: bool
-    api_error_status: int | None
-    errors: list[str]
-    subtype: str = "success"  # e.g. "error_max_budget_usd"
-    text: str | None = None  # the result's final text (the reply)
-
-
-Emit = Callable[[Event], object]
 DISCONNECT_S = 20.0  # longer than the SDK's own bounded close
 
 

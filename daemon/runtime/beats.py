@@ -20,10 +20,10 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from daemon import events as ev
-from daemon.agent.sdk import AgentFailure, AgentSession, ConnectPlan, TurnOutcome
 from daemon.errors import JournalWriteError
 from daemon.events import Trigger
 from daemon.journal.conversation import Conversation
+from daemon.ports.agent import AgentDriver, AgentFailure, ConnectPlan, TurnOutcome
 from jobs.backoff import AUTH_PAUSE
 from jobs.quiet import QuietRule
 
@@ -66,7 +66,7 @@ class BeatRunner:
     def __init__(
         self,
         conversation: Conversation,
-        agent: AgentSession,
+        agent: AgentDriver,
         *,
         job: str,
         cwd: str,

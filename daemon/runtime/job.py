@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from daemon import events as ev
-from daemon.agent.sdk import AgentSpec
 from daemon.config.model import HeartbeatConfig, SinkConfig
 from daemon.journal.conversation import Conversation
+from daemon.ports.agent import AgentSpec
 from daemon.runtime.beats import BeatRunner
 from jobs.backoff import failure_interval, idle_interval
 from jobs.delivery import DeliveryKey, Route

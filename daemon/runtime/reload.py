@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from daemon.agent.sdk import AgentSpec
 from daemon.config.model import Config, DaemonConfig, HeartbeatConfig
+from daemon.ports.agent import AgentSpec
 
 __all__ = ["JobDiff", "daemon_changes", "diff_jobs", "reload_problems"]
 

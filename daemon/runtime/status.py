@@ -1,0 +1,73 @@
+"""The daemon's picture of itself: ``STATUS=`` lines for systemd and ``vigil status``."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC
+from typing import Any
+
+from daemon.runtime.context import Runtime
+
+__all__ = ["status_line", "status_snapshot"]
+
+
+def status_snapshot(rt: Runtime) -> dict[str, Any]:
+    """A JSON-safe picture: jobs, next beats, last outcomes, spend, the pool."""
+    now = rt.clock.now()
+    jobs = []
+    for name, job in sorted(rt.jobs.items()):
+        if job.retired:
+            continue
+        last = job.runner.last
+        due = rt.schedule.next_due(name)
+        jobs.append(
+            {
+                "name": name,
+                "running": job.runner.busy,
+                "next_beat": due.astimezone(UTC).isoformat() if due else None,
+                "last_turn": last.turn if last else None,
+                "last_outcome": last.outcome if last else None,
+                "last_reason": last.reason if last else None,
+                "spend_today_usd": round(job.ledger.spend.spent_today(now, job.config.zone), 6),
+                "session_id": job.runner.conversation.state.session_id,
+                "client_connected": job.runner.agent.connected,
+                "cli_pid": job.runner.agent.cli_pid(),
+            }
+        )
+    pool = rt.pool
+    return {
+        "pid": os.getpid(),
+        "status": status_line(rt),
+        "state_dir": str(rt.layout.state_dir),
+        "live_clients": sum(1 for j in jobs if j["client_connected"]),
+        "pool": {
+            "max_live_clients": pool.max_live,
+            "max_concurrent_turns": pool.max_turns,
+            "client_idle_timeout_s": pool.idle_timeout,
+            "turns_running": pool.busy,
+            "beats_waiting": len(rt.waiting),
+            "evictions": pool.evictions,
+        },
+        "degraded": rt.health.degraded,
+        "mirror": rt.mirror.phase,
+        "jobs": jobs,
+    }
+
+
+def status_line(rt: Runtime) -> str:
+    """One line for systemd's ``STATUS=``: jobs, running, waiting, clients, failing."""
+    live = rt.live_jobs()
+    running = sum(1 for j in live if j.runner.busy)
+    parts = [f"{len(live)} jobs", f"{running} running"]
+    if rt.waiting:
+        parts.append(f"{len(rt.waiting)} waiting")
+    parts.append(f"{rt.pool.live}/{rt.pool.max_live} clients")
+    lasts = [j.runner.last for j in live if j.runner.last is not None]
+    if lasts:
+        failed = sum(1 for r in lasts if r is not None and r.outcome == "failed")
+        parts.append(f"{failed} failing")
+    if rt.health.degraded:
+        parts.insert(0, "degraded")
+    if rt.draining:
+        parts.insert(0, "stopping")
+    return "; ".join(parts)
