@@ -269,11 +269,8 @@ def fold_event(c: ConvState, seq: int, ev: Event, loader: Loader) -> None:  # no
     at = ev.get("at")
     if isinstance(at, str):
         c.last_activity = at
-    if kind in ("session_bound", "forked"):
-        _session(c, ev)
-        return
-    if kind in ("job_paused", "job_resumed"):
-        _pause(c, ev)
+    if kind in ("session_bound", "forked", "job_paused", "job_resumed"):
+        (_session if kind in ("session_bound", "forked") else _pause)(c, ev)
         return
     turn_no = ev.get("turn")
     if not isinstance(turn_no, int):
