@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         raise Refused("send", name, "TEXT is empty")
     if args.next_beat:
         return cmd_queue(layout, name, text, as_json=args.json)
+    ask(layout, {"op": "status"})  # no daemon: say so (exit 9) before anything else
     path = existing_journal(config, name)
     keyring = Keyring.load(resolve_key_path(config.daemon.key_file))
     return cmd_send(layout, path, keyring, name, text, as_json=args.json)

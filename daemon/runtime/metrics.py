@@ -18,7 +18,13 @@ import platform
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -74,6 +80,7 @@ class Metrics:
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        disable_created_metrics()  # no *_created series: scrapes stay small
         self.registry = CollectorRegistry()
         r = self.registry
         Info("vigil_build", "vigil's version", registry=r).info(
