@@ -112,7 +112,7 @@ class Daemon:
                 return line
 
 
-def show(out: Out, line: Line) -> None:  # one branch per log event
+def show(out: Out, line: Line) -> None:  # noqa: PLR0912  # one branch per log event
     event, job, turn = line.get("event"), line.get("job"), line.get("turn")
     if job is not None and job == out.muted:
         return
