@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from daemon.config.fields import MetricsEndpoint
 
@@ -81,7 +82,9 @@ class MetricsServer:
         path = parts[1].split(b"?", 1)[0]
         if path == b"/metrics":
             body = generate_latest(self.registry)
-            return "200 OK", body if parts[0] == b"GET" else b"", CONTENT_TYPE_LATEST
+            # The classic text format (0.0.4): every Prometheus version reads it, and
+            # vigil's metric names need none of 1.0.0's escaping.
+            return "200 OK", body if parts[0] == b"GET" else b"", CONTENT_TYPE_PLAIN_0_0_4
         if path == b"/":
             return "200 OK", b"vigil: metrics at /metrics\n", "text/plain"
         return "404 Not Found", b"not found; try /metrics\n", "text/plain"

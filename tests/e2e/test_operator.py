@@ -11,7 +11,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -151,4 +151,167 @@ def test_a_message_queued_for_the_next_beat_survives_a_restart_and_is_seen_once(
     daemon.wait_event("turn_completed", 60, job="chat", start=mark)
     assert site.history("chat")[-1]["prompt"] == "Check in."  # consumed: seen once
     assert note in " ".join(site.model.stats()["last_seen"])  # and remembered
+    assert daemon.terminate() == 0
+
+
+@pytest.mark.timeout(240)
+def test_a_pause_lasts_across_a_restart_and_resume_ends_it(site: Site) -> None:
+    site.write_config([Job("chat", "Check in.", every="1s")])
+    daemon = site.start()
+    daemon.wait_event("turn_completed", 60, job="chat")
+    paused = vigil(site, "pause", "chat", "--json")
+    assert paused.returncode == 0, paused.stderr
+    assert json.loads(paused.stdout) == {"ok": True, "paused": True, "until": None}
+    daemon.wait_for(lambda x: x.get("event") == "beat_skipped" and x.get("reason") == "paused", 30)
+    [job] = json.loads(vigil(site, "status", "--json").stdout)["jobs"]
+    assert job["paused"] is True and job["paused_by"] == "operator"
+    assert "paused (operator)" in vigil(site, "status").stdout
+
+    def sessions_say_paused() -> bool:
+        [row] = json.loads(vigil(site, "sessions", "--json").stdout)
+        return bool(row["paused"]) and row["paused_by"] == "operator"
+
+    eventually(sessions_say_paused, what="sessions shows the pause")
+    assert daemon.terminate() == 0
+
+    daemon = site.start()
+    mark = daemon.count()
+    daemon.wait_for(
+        lambda x: x.get("event") == "beat_skipped" and x.get("reason") == "paused",
+        30,
+        start=mark,
+    )
+    assert not daemon.events("turn_started", job="chat")  # still paused after the restart
+    resumed = vigil(site, "resume", "chat")
+    assert resumed.returncode == 0 and "resumed" in resumed.stdout
+    daemon.wait_event("turn_completed", 60, job="chat")
+    assert vigil(site, "resume", "chat").stdout.strip() == "'chat' was not paused"
+    history = site.history("chat")
+    assert any(t["status"] == "skipped" and t["reason"] == "paused" for t in history)
+    assert history[-1]["status"] in ("completed", "running", "skipped")
+    assert daemon.terminate() == 0
+
+
+@pytest.mark.timeout(300)
+def test_failing_beats_alert_once_pause_and_recover_across_a_restart(site: Site) -> None:
+    site.write_config([Job("flaky", "Check in.", every="1s")])
+    append_toml(
+        site,
+        "alert_after = 2\nauto_pause_after = 3\n"
+        '[[heartbeat.alert]]\ntype = "file"\nname = "ops"\npath = "alerts.jsonl"\n',
+    )
+    alerts = site.root / "alerts.jsonl"
+
+    def alert_lines() -> list[dict[str, Any]]:
+        if not alerts.exists():
+            return []
+        return [json.loads(line) for line in alerts.read_text().splitlines()]
+
+    site.model.control(fail_next=1000, status=500)  # the model API is down
+    daemon = site.start()
+    daemon.wait_for(
+        lambda x: x.get("event") == "delivery_done" and x.get("sink") == "alert:ops", 90
+    )
+    [failing] = alert_lines()
+    assert failing["job"] == "flaky"
+    assert "is failing: 2 failed beats in a row" in failing["text"]
+    assert "model_error" in failing["text"] and "HTTP 500" in failing["text"]
+    daemon.wait_event("job_auto_paused", 60, job="flaky")
+    daemon.wait_for(lambda x: x.get("event") == "beat_skipped" and x.get("reason") == "paused", 30)
+    assert len(alert_lines()) == 1  # one alert for the whole run of failures
+    assert daemon.terminate() == 0
+
+    daemon = site.start()  # the streak, the alert and the pause come back from the journal
+    [job] = json.loads(vigil(site, "status", "--json").stdout)["jobs"]
+    assert job["paused"] is True and job["paused_by"] == "auto"
+    assert job["failure_streak"] == 3 and job["alerting"] is True
+    site.model.control(reset=True)  # the model API is back
+    assert vigil(site, "resume", "flaky").returncode == 0
+    daemon.wait_for(
+        lambda x: x.get("event") == "delivery_done" and x.get("sink") == "alert:ops", 60
+    )
+    failing, recovered = alert_lines()
+    assert "recovered" in recovered["text"] and "after 3 failed beats" in recovered["text"]
+    history = site.history("flaky")
+    assert [t["status"] for t in history if t["status"] in ("failed", "completed")][:4] == [
+        "failed",
+        "failed",
+        "failed",
+        "completed",
+    ]
+    alerted = [d for t in history for d in t["deliveries"] if d["sink"] == "alert:ops"]
+    assert [d["status"] for d in alerted] == ["done", "done"]
+    assert daemon.terminate() == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def scrape(url: str) -> dict[str, float]:
+    """``name{labels}`` -> value, from the Prometheus text format."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
+
+
+@pytest.mark.timeout(240)
+def test_metrics_over_http_agree_with_the_journal(site: Site) -> None:
+    port = free_port()
+    (site.root / "empty.md").write_text("<!-- nothing to do -->\n")
+    site.write_config([Job("chat", "Check in.", every="1h")], metrics=f"127.0.0.1:{port}")
+    append_toml(
+        site,
+        '\n[[heartbeat]]\nname = "idle"\nevery = "1h"\nprompt_file = "empty.md"\ncwd = "work"\n',
+    )
+    daemon = site.start()
+    daemon.wait_event("turn_completed", 60, job="chat")
+    daemon.wait_event("beat_skipped", 60, job="idle")
+    mark = daemon.count()
+    assert vigil(site, "beat", "chat").returncode == 0
+    daemon.wait_event("turn_completed", 60, job="chat", start=mark)
+    failed = vigil(site, "send", "chat", "Fail now. [fail:500]")
+    assert failed.returncode == 12, failed.stderr
+    assert vigil(site, "send", "chat", "Hello again.").returncode == 0
+
+    metrics = scrape(f"http://127.0.0.1:{port}/metrics")
+    chat = site.history("chat", cli=True)
+    idle = site.history("idle", cli=True)
+    completed = [t for t in chat if t["status"] == "completed"]
+    assert metrics['vigil_beats_total{job="chat",outcome="completed"}'] == len(completed) == 3
+    assert metrics['vigil_beats_total{job="chat",outcome="failed"}'] == 1
+    assert metrics['vigil_beat_failures_total{job="chat",reason="model_error"}'] == 1
+    skipped = [t for t in idle if t["status"] == "skipped" and t["reason"] == "empty_prompt"]
+    assert metrics['vigil_beats_skipped_total{job="idle",reason="empty_prompt"}'] == len(skipped)
+    cost = sum(t["cost_usd"] or 0 for t in chat)
+    assert metrics['vigil_cost_usd_total{job="chat"}'] == pytest.approx(cost, abs=1e-6)
+    last = datetime.fromisoformat(completed[-1]["ended_at"].replace("Z", "+00:00"))
+    assert metrics['vigil_last_success_timestamp_seconds{job="chat"}'] == pytest.approx(
+        last.timestamp(), abs=0.001
+    )
+    done = [d for t in chat for d in t["deliveries"] if d["status"] == "done"]
+    assert metrics['vigil_deliveries_total{job="chat",outcome="done",sink_type="stdout"}'] == len(
+        done
+    )
+    assert metrics['vigil_beat_duration_seconds_count{job="chat"}'] == 4
+    assert (
+        metrics['vigil_schedule_lag_seconds_count{job="chat"}'] == 3
+    )  # the failed one streamed none
+    assert metrics['vigil_tokens_total{job="chat",type="output"}'] > 0
+    assert metrics['vigil_journal_seconds_count{op="append"}'] > 0
+    assert metrics["vigil_up"] == 1 and metrics["vigil_turn_slots"] == 4
+    assert metrics['vigil_job_paused{job="chat"}'] == 0
+    assert vigil(site, "pause", "chat").returncode == 0
+    assert scrape(f"http://127.0.0.1:{port}/metrics")['vigil_job_paused{job="chat"}'] == 1
+    assert not any("session" in key or "Hello" in key for key in metrics)  # bounded labels
     assert daemon.terminate() == 0
