@@ -69,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="a one-minute demo with a loopback model: beats, a SIGKILL, recovery",
+        help="a half-minute demo with a loopback model: beats, a SIGKILL, recovery, send, pause",
         description="Starts the loopback model and a daemon with two heartbeat jobs in a "
         "temporary directory, kills the daemon with SIGKILL mid-reply, starts it again and "
-        "shows both conversations continuing with their memory. Needs no API key.",
+        "shows both conversations continuing with their memory; then pauses one job, talks "
+        "to it with `vigil send`, queues a note for the other's next beat and resumes. Needs "
+        "no API key.",
     )
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
 

@@ -7,8 +7,10 @@ more entry. Gauges that describe the present (the pool, pauses, failure streaks,
 the last success) are read from the runtime and the job ledgers when scraped; the
 ledgers are folded from the journal, so they survive a restart.
 
-Labels are bounded: ``job`` (configured names), ``outcome``, ``reason`` (vigil's reason
-codes), ``type`` (token kinds), ``sink_type``. Never a session id, never text.
+Labels are bounded: ``heartbeat`` (the configured job names; not ``job``, which
+Prometheus sets to the scrape job and would rename ours to ``exported_job``),
+``outcome``, ``reason`` (vigil's reason codes), ``type`` (token kinds), ``sink_type``,
+``op``. Never a session id, never text.
 """
 
 from __future__ import annotations
@@ -87,42 +89,42 @@ class Metrics:
             {"version": _version(), "python": platform.python_version()}
         )
         self.beats = Counter(
-            "vigil_beats", "Turns that ended, by outcome", ["job", "outcome"], registry=r
+            "vigil_beats", "Turns that ended, by outcome", ["heartbeat", "outcome"], registry=r
         )
         self.failures = Counter(
-            "vigil_beat_failures", "Failed turns by reason", ["job", "reason"], registry=r
+            "vigil_beat_failures", "Failed turns by reason", ["heartbeat", "reason"], registry=r
         )
         self.skips = Counter(
             "vigil_beats_skipped",
             "Due beats that did not run, by reason",
-            ["job", "reason"],
+            ["heartbeat", "reason"],
             registry=r,
         )
         self.duration = Histogram(
             "vigil_beat_duration_seconds",
             "turn_started to the turn's end",
-            ["job"],
+            ["heartbeat"],
             buckets=DURATION_BUCKETS,
             registry=r,
         )
         self.lag = Histogram(
             "vigil_schedule_lag_seconds",
             "A beat's due time to its first streamed delta",
-            ["job"],
+            ["heartbeat"],
             buckets=LAG_BUCKETS,
             registry=r,
         )
         self.tokens = Counter(
-            "vigil_tokens", "Tokens the turns' results report", ["job", "type"], registry=r
+            "vigil_tokens", "Tokens the turns' results report", ["heartbeat", "type"], registry=r
         )
-        self.cost = Counter("vigil_cost_usd", "Cost of the turns (USD)", ["job"], registry=r)
+        self.cost = Counter("vigil_cost_usd", "Cost of the turns (USD)", ["heartbeat"], registry=r)
         self.compactions = Counter(
-            "vigil_compactions", "Conversation compactions", ["job"], registry=r
+            "vigil_compactions", "Conversation compactions", ["heartbeat"], registry=r
         )
         self.deliveries = Counter(
             "vigil_deliveries",
             "Delivery attempts by outcome (done, failed, retry, unknown)",
-            ["job", "sink_type", "outcome"],
+            ["heartbeat", "sink_type", "outcome"],
             registry=r,
         )
         self.journal = Histogram(
@@ -183,24 +185,25 @@ class Metrics:
         open_turn.streamed = True
         at = _ts(event.get("at"))
         if open_turn.due_at is not None and at is not None:
-            self.lag.labels(job=job).observe(max(0.0, (at - open_turn.due_at).total_seconds()))
+            lag = max(0.0, (at - open_turn.due_at).total_seconds())
+            self.lag.labels(heartbeat=job).observe(lag)
 
     def _turn_end(self, job: str, event: Event) -> None:
         kind = event.get("type")
         outcome = {"turn_failed": "failed", "turn_interrupted": "interrupted"}.get(
             str(kind), "quiet" if event.get("quiet") else "completed"
         )
-        self.beats.labels(job=job, outcome=outcome).inc()
+        self.beats.labels(heartbeat=job, outcome=outcome).inc()
         if kind == "turn_failed":
-            self.failures.labels(job=job, reason=str(event.get("reason"))).inc()
+            self.failures.labels(heartbeat=job, reason=str(event.get("reason"))).inc()
         open_turn = self._open.pop(job, None)
         at = _ts(event.get("at"))
         if open_turn is not None and open_turn.started_at is not None and at is not None:
             seconds = max(0.0, (at - open_turn.started_at).total_seconds())
-            self.duration.labels(job=job).observe(seconds)
+            self.duration.labels(heartbeat=job).observe(seconds)
 
     def _skipped(self, job: str, event: Event) -> None:
-        self.skips.labels(job=job, reason=str(event.get("reason"))).inc()
+        self.skips.labels(heartbeat=job, reason=str(event.get("reason"))).inc()
 
     def _result(self, job: str, event: Event) -> None:
         usage = event.get("usage")
@@ -208,7 +211,7 @@ class Metrics:
             for key, kind in TOKEN_TYPES.items():
                 value = usage.get(key)
                 if isinstance(value, int | float) and value > 0:
-                    self.tokens.labels(job=job, type=kind).inc(value)
+                    self.tokens.labels(heartbeat=job, type=kind).inc(value)
             context = [usage.get(k) for k in CONTEXT_KEYS]
             self._context[job] = float(sum(v for v in context if isinstance(v, int | float)))
         total = event.get("session_cost_usd")
@@ -218,7 +221,7 @@ class Metrics:
             step = total - totals.get(session, 0.0)
             totals[session] = total
             if step > 0:
-                self.cost.labels(job=job).inc(step)
+                self.cost.labels(heartbeat=job).inc(step)
 
     def _session(self, job: str, event: Event) -> None:
         if event.get("type") in RESTARTS_COST_TOTAL:
@@ -232,11 +235,11 @@ class Metrics:
         cfg = self.rt.jobs[job].config if job in self.rt.jobs else None
         sink = str(event.get("sink", ""))
         kind_of_sink = sink_type(cfg, sink) if cfg is not None else "unknown"
-        self.deliveries.labels(job=job, sink_type=kind_of_sink, outcome=outcome).inc()
+        self.deliveries.labels(heartbeat=job, sink_type=kind_of_sink, outcome=outcome).inc()
 
     def _compaction(self, job: str, event: Event) -> None:
         del event
-        self.compactions.labels(job=job).inc()
+        self.compactions.labels(heartbeat=job).inc()
 
 
 class _ContextCollector(Collector):
@@ -247,7 +250,7 @@ class _ContextCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(
-            "vigil_context_tokens", "Input and cache tokens of the last turn", labels=["job"]
+            "vigil_context_tokens", "Input and cache tokens of the last turn", labels=["heartbeat"]
         )
         for job, tokens in sorted(self.context.items()):
             gauge.add_metric([job], tokens)
@@ -286,7 +289,7 @@ class _RuntimeCollector(Collector):
         rt = self.rt
         now = rt.clock.now()
         families: dict[str, GaugeMetricFamily] = {
-            name: _gauge(name, doc, ["job"])
+            name: _gauge(name, doc, ["heartbeat"])
             for name, doc in (
                 ("vigil_last_success_timestamp_seconds", "When the job's last turn completed"),
                 ("vigil_job_paused", "1 while the job is paused"),

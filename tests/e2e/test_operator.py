@@ -288,30 +288,30 @@ def test_metrics_over_http_agree_with_the_journal(site: Site) -> None:
     chat = site.history("chat", cli=True)
     idle = site.history("idle", cli=True)
     completed = [t for t in chat if t["status"] == "completed"]
-    assert metrics['vigil_beats_total{job="chat",outcome="completed"}'] == len(completed) == 3
-    assert metrics['vigil_beats_total{job="chat",outcome="failed"}'] == 1
-    assert metrics['vigil_beat_failures_total{job="chat",reason="model_error"}'] == 1
+    assert metrics['vigil_beats_total{heartbeat="chat",outcome="completed"}'] == len(completed) == 3
+    assert metrics['vigil_beats_total{heartbeat="chat",outcome="failed"}'] == 1
+    assert metrics['vigil_beat_failures_total{heartbeat="chat",reason="model_error"}'] == 1
     skipped = [t for t in idle if t["status"] == "skipped" and t["reason"] == "empty_prompt"]
-    assert metrics['vigil_beats_skipped_total{job="idle",reason="empty_prompt"}'] == len(skipped)
+    idle_skips = 'vigil_beats_skipped_total{heartbeat="idle",reason="empty_prompt"}'
+    assert metrics[idle_skips] == len(skipped)
     cost = sum(t["cost_usd"] or 0 for t in chat)
-    assert metrics['vigil_cost_usd_total{job="chat"}'] == pytest.approx(cost, abs=1e-6)
+    assert metrics['vigil_cost_usd_total{heartbeat="chat"}'] == pytest.approx(cost, abs=1e-6)
     last = datetime.fromisoformat(completed[-1]["ended_at"].replace("Z", "+00:00"))
-    assert metrics['vigil_last_success_timestamp_seconds{job="chat"}'] == pytest.approx(
+    assert metrics['vigil_last_success_timestamp_seconds{heartbeat="chat"}'] == pytest.approx(
         last.timestamp(), abs=0.001
     )
     done = [d for t in chat for d in t["deliveries"] if d["status"] == "done"]
-    assert metrics['vigil_deliveries_total{job="chat",outcome="done",sink_type="stdout"}'] == len(
-        done
-    )
-    assert metrics['vigil_beat_duration_seconds_count{job="chat"}'] == 4
+    delivered = 'vigil_deliveries_total{heartbeat="chat",outcome="done",sink_type="stdout"}'
+    assert metrics[delivered] == len(done)
+    assert metrics['vigil_beat_duration_seconds_count{heartbeat="chat"}'] == 4
     assert (
-        metrics['vigil_schedule_lag_seconds_count{job="chat"}'] == 3
+        metrics['vigil_schedule_lag_seconds_count{heartbeat="chat"}'] == 3
     )  # the failed one streamed none
-    assert metrics['vigil_tokens_total{job="chat",type="output"}'] > 0
+    assert metrics['vigil_tokens_total{heartbeat="chat",type="output"}'] > 0
     assert metrics['vigil_journal_seconds_count{op="append"}'] > 0
     assert metrics["vigil_up"] == 1 and metrics["vigil_turn_slots"] == 4
-    assert metrics['vigil_job_paused{job="chat"}'] == 0
+    assert metrics['vigil_job_paused{heartbeat="chat"}'] == 0
     assert vigil(site, "pause", "chat").returncode == 0
-    assert scrape(f"http://127.0.0.1:{port}/metrics")['vigil_job_paused{job="chat"}'] == 1
+    assert scrape(f"http://127.0.0.1:{port}/metrics")['vigil_job_paused{heartbeat="chat"}'] == 1
     assert not any("session" in key or "Hello" in key for key in metrics)  # bounded labels
     assert daemon.terminate() == 0
