@@ -358,7 +358,7 @@ class Mirror:
         row = self.db.execute("SELECT * FROM conversations WHERE name = ?", (name,)).fetchone()
         if row is not None:
             c.last_seq, c.session_id, c.cwd = row["last_seq"], row["session_id"], row["cwd"]
-            c.session_totals = json.loads(row["session_totals"])
+            c.costs.totals = json.loads(row["session_totals"])
             c.last_activity = row["last_activity"]
             c.forked_from, c.forked_turn = row["forked_from"], row["forked_turn"]
             c.forked_session = row["forked_session"]

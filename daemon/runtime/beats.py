@@ -28,11 +28,6 @@ from jobs.backoff import AUTH_PAUSE
 from jobs.quiet import QuietRule
 
 Outcome = Literal["completed", "failed", "interrupted", "skipped"]
-# Failures of the model API, the CLI or the connection: the next beats back off.
-# (``max_budget_exceeded`` is the job's own per-beat cap working, not a fault.)
-BACKOFF_REASONS = frozenset(
-    {"model_error", "auth_failed", "timeout", "cli_died", "connect_failed", "resume_rejected"}
-)
 AUTH_HINT = (
     "the model API rejected the API key: check ANTHROPIC_API_KEY in vigil's environment "
     f"(this job's beats now pause for at least {AUTH_PAUSE.total_seconds() / 60:.0f} minutes, "
@@ -81,7 +76,6 @@ class BeatRunner:
         self.has_transcript = has_transcript
         self.resume_point: ResumePoint | None = None
         self.last: BeatResult | None = None
-        self.failures = 0  # failed beats in a row (BACKOFF_REASONS), in this process
         self._write_failure: str | None = None  # why the open turn's end is not journaled
         self.quiet_rule = QuietRule()
 
@@ -144,10 +138,6 @@ class BeatRunner:
                 await self.agent.disconnect()
                 raise
             self.last = result
-            if result.outcome == "completed":
-                self.failures = 0
-            elif result.reason in BACKOFF_REASONS:
-                self.failures += 1
             return result
         finally:
             conv.busy = False
