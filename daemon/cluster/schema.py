@@ -17,9 +17,10 @@ What PostgreSQL holds (version 1):
   key rotation can find what still needs the old key.
 * ``transcript_streams`` / ``transcripts(stream, seq, key_id, line)``: the SDK session
   store; ``stream`` is a digest of the SDK key, as :mod:`daemon.agent.store` names its
-  files, and the key itself is the stream's first sealed record. ``project`` (a digest
-  of the project key) and ``main_stream`` index the listings; ``conversation`` is the
-  conversation whose lease fences the stream's writes.
+  files, and the key itself is the stream's first sealed record. ``project`` and
+  ``session`` (digests of the project key and the session id) and ``main_stream``
+  index the listings; ``conversation`` is the conversation whose lease fences the
+  stream's writes; ``summary_seq`` points at the SDK's latest folded summary.
 * ``leases(conversation, node, epoch, expires_at, acquired_at)``: one owner per
   conversation; ``epoch`` grows at every acquisition and is never reset (a lease row
   is never deleted), so a stale owner can always be told apart.
@@ -67,6 +68,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 stream text PRIMARY KEY,
                 main_stream text NOT NULL,
                 project text NOT NULL,
+                session text NOT NULL,
                 is_main boolean NOT NULL,
                 conversation text NOT NULL,
                 summary_seq bigint,
@@ -75,6 +77,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX transcript_streams_project ON transcript_streams (project, is_main)",
             "CREATE INDEX transcript_streams_main ON transcript_streams (main_stream)",
+            "CREATE INDEX transcript_streams_session ON transcript_streams (session, is_main)",
             """CREATE TABLE transcripts (
                 stream text NOT NULL REFERENCES transcript_streams ON DELETE CASCADE,
                 seq bigint NOT NULL CHECK (seq > 0),
