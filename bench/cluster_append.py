@@ -20,6 +20,7 @@ Both the journal directory and the database live on the same disk (``$TMPDIR``).
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         leases = Leases(Database(dsn), "bench-node", ttl=timedelta(minutes=5))
         closers.append(leases.db.close)
         tmp = Path(tempfile.mkdtemp(prefix="vigil-bench-"))
+        closers.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
 
         def pg(policy: FsyncPolicy) -> EventLogStore:
             store = PgEventLogStore.connect(dsn, keyring, leases, fsync=policy)
