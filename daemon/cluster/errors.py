@@ -79,7 +79,7 @@ class RecordCorruptError(JournalCorruptError):
 
     def __init__(self, where: str, seq: int, problem: str) -> None:
         # A database location, not a file: daemon.errors should take Path | str here.
-        super().__init__(where, seq, seq, problem)  # type: ignore[arg-type]
+        super().__init__(where, seq, seq, problem)
         self.where = where
         # The file journal's advice (restore the file) does not fit a database row.
         self.args = (

@@ -352,7 +352,7 @@ class PgEventLogStore:
             if err.problem is FrameProblem.UNKNOWN_KEY and err.key_id is not None:
                 where = self.where(name)
                 # A database location, not a file: daemon.errors should take Path | str here.
-                raise WrongKeyError(where, err.key_id, self.keyring.source) from None  # type: ignore[arg-type]
+                raise WrongKeyError(where, err.key_id, self.keyring.source) from None
             raise RecordCorruptError(self.where(name), seq, str(err)) from None
         if frame.seq != seq:
             raise RecordCorruptError(
