@@ -3,10 +3,11 @@
 :class:`JobLedger` is fed every event of one conversation in journal order, at start
 (from the journal) and live (as events are recorded). It answers what the beat policy
 needs without re-reading the journal: the spend per day (:class:`SpendLedger`), the
-run of quiet replies, when the last beat came due, and deliveries whose outcome the
-journal does not know yet (the delivery fence); and the operator's side: the failure
-streak and whether an alert is out (:mod:`jobs.alerts`), a pause (:mod:`jobs.pause`)
-and the messages queued for the next beat (``vigil send --next-beat``).
+run of quiet replies, the run of failed beats (failure backoff), when the last beat came
+due, and deliveries whose outcome the journal does not know yet (the delivery fence);
+and the operator's side: the failure streak of any reason and whether an alert is out
+(:mod:`jobs.alerts`), a pause (:mod:`jobs.pause`) and the messages queued for the next
+beat (``vigil send --next-beat``).
 
 It reads the raw event dicts (``type``, ``at``, ...) of vigil's journal schema.
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from jobs.backoff import BACKOFF_REASONS
 from jobs.budget import SpendLedger, parse_at
 from jobs.pause import Pause
 
@@ -61,6 +63,11 @@ class JobLedger:
     last_due_at: datetime | None = None  # last turn_started or beat_skipped
     last_started_at: datetime | None = None  # last turn_started
     open_deliveries: dict[str, OpenDelivery] = field(default_factory=dict)
+    # Failed beats in a row (``BACKOFF_REASONS``; a completed beat resets it) and the
+    # last one's reason: failure backoff survives a restart, so a crash loop under
+    # ``Restart=always`` does not hammer a failing API.
+    failures: int = 0
+    last_failure_reason: str | None = None
     failure_streak: int = 0  # beats in a row that ended turn_failed (any reason)
     ended_streak: int = 0  # the streak the last completed beat ended
     last_failure: Failure | None = None
@@ -73,6 +80,7 @@ class JobLedger:
         kind = event.get("type")
         if kind == "delta":  # most events; nothing here needs them
             return
+        self.spend.feed(event)  # turn numbers, restarts of the cost total, results
         if kind == "turn_started":
             when = _when(event)
             self.last_started_at = when or self.last_started_at
@@ -83,22 +91,27 @@ class JobLedger:
             self.last_due_at = _when(event) or self.last_due_at
         elif kind == "turn_completed":
             self.quiet_streak = self.quiet_streak + 1 if event.get("quiet") else 0
+            self.failures = 0
+            self.last_failure_reason = None
             self.ended_streak, self.failure_streak = self.failure_streak, 0
             self.last_completed_at = _when(event) or self.last_completed_at
         elif kind == "turn_failed":
-            self.failure_streak += 1
-            turn = event.get("turn")
-            self.last_failure = Failure(
-                turn if isinstance(turn, int) else 0,
-                str(event.get("reason", "")),
-                str(event.get("detail", "")),
-            )
-        elif kind == "result":
-            self.spend.feed(event)
+            self._failed(event)
         elif isinstance(kind, str) and kind.startswith("delivery_"):
             self._delivery(kind, event)
         else:
             self._operator(kind, event)
+
+    def _failed(self, event: Mapping[str, Any]) -> None:
+        reason = str(event.get("reason", ""))
+        if reason in BACKOFF_REASONS:
+            self.failures += 1
+            self.last_failure_reason = reason
+        self.failure_streak += 1
+        turn = event.get("turn")
+        self.last_failure = Failure(
+            turn if isinstance(turn, int) else 0, reason, str(event.get("detail", ""))
+        )
 
     def _operator(self, kind: object, event: Mapping[str, Any]) -> None:
         if kind == "alert_raised":

@@ -33,7 +33,8 @@ from prometheus_client.registry import Collector
 from daemon.events import Event
 from daemon.runtime.context import Runtime
 from daemon.runtime.job import sink_type
-from jobs.budget import RESTARTS_COST_TOTAL, parse_at
+from jobs.budget import parse_at
+from jobs.cost import CostSteps
 
 __all__ = ["Metrics"]
 
@@ -139,7 +140,7 @@ class Metrics:
         self._sync = self.journal.labels(op="sync")
         r.register(_RuntimeCollector(rt))
         self._open: dict[str, _OpenTurn] = {}
-        self._cost_totals: dict[str, dict[str, float]] = {}
+        self._costs: dict[str, CostSteps] = {}  # the one turn-cost fold, per job
         self._context: dict[str, float] = {}
         r.register(_ContextCollector(self._context))
         self.handlers: dict[str, Handler] = {
@@ -215,18 +216,12 @@ class Metrics:
                     self.tokens.labels(heartbeat=job, type=kind).inc(value)
             context = [usage.get(k) for k in CONTEXT_KEYS]
             self._context[job] = float(sum(v for v in context if isinstance(v, int | float)))
-        total = event.get("session_cost_usd")
-        if isinstance(total, int | float):
-            totals = self._cost_totals.setdefault(job, {})
-            session = str(event.get("session_id") or "")
-            step = total - totals.get(session, 0.0)
-            totals[session] = total
-            if step > 0:
-                self.cost.labels(heartbeat=job).inc(step)
+        step = self._costs.setdefault(job, CostSteps()).feed(event)
+        if step:
+            self.cost.labels(heartbeat=job).inc(step)
 
     def _session(self, job: str, event: Event) -> None:
-        if event.get("type") in RESTARTS_COST_TOTAL:
-            self._cost_totals.pop(job, None)  # a new CLI process: its running total restarts
+        self._costs.setdefault(job, CostSteps()).feed(event)  # a new CLI: the total restarts
 
     def _delivery(self, job: str, event: Event) -> None:
         kind = str(event.get("type"))
