@@ -152,6 +152,8 @@ class ConversationSummary:
     records: int
     forked_from: str | None = None  # the source conversation of a fork
     forked_turn: int | None = None  # the source's turn it was cut at
+    compactions: int = 0  # times the CLI summarised the history
+    context_tokens: int | None = None  # the context after the last turn that reported it
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -165,6 +167,8 @@ class ConversationSummary:
             "records": self.records,
             "forked_from": self.forked_from,
             "forked_turn": self.forked_turn,
+            "compactions": self.compactions,
+            "context_tokens": self.context_tokens,
         }
 
     @property
@@ -603,7 +607,10 @@ class Mirror:
                      ORDER BY turn DESC LIMIT 1))),
               (SELECT coalesce(sum(cost_usd), 0) FROM turns t WHERE t.conversation = c.name
                  AND substr(coalesce(t.ended_at, t.started_at), 1, 10) = ?),
-              (SELECT coalesce(sum(cost_usd), 0) FROM turns t WHERE t.conversation = c.name)
+              (SELECT coalesce(sum(cost_usd), 0) FROM turns t WHERE t.conversation = c.name),
+              (SELECT coalesce(sum(compactions), 0) FROM turns t WHERE t.conversation = c.name),
+              (SELECT context_tokens FROM turns t WHERE t.conversation = c.name
+                 AND context_tokens IS NOT NULL ORDER BY turn DESC LIMIT 1)
             FROM conversations c ORDER BY c.name
             """,
             (day,),
@@ -620,6 +627,8 @@ class Mirror:
                 records=r[3],
                 forked_from=r[4],
                 forked_turn=r[5],
+                compactions=r[10],
+                context_tokens=r[11],
             )
             for r in rows
         ]

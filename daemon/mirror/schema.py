@@ -6,7 +6,7 @@ and rebuilt, never migrated (it is derived data).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2  # 2: conversations.forked_from, forked_turn, forked_session
+SCHEMA_VERSION = 3  # 2: conversations.forked_*; 3: turns.context_tokens, compactions, compacted_*
 
 SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,6 +48,10 @@ CREATE TABLE turns(
     tool_calls INTEGER NOT NULL,
     first_seq INTEGER NOT NULL,
     last_seq INTEGER NOT NULL,
+    context_tokens INTEGER,
+    compactions INTEGER NOT NULL,
+    compacted_pre_tokens INTEGER,
+    compacted_post_tokens INTEGER,
     UNIQUE(conversation, turn)
 );
 CREATE TABLE tool_calls(
@@ -140,6 +144,10 @@ DUMP_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "tool_calls",
             "first_seq",
             "last_seq",
+            "context_tokens",
+            "compactions",
+            "compacted_pre_tokens",
+            "compacted_post_tokens",
         ),
     ),
     "tool_calls": (

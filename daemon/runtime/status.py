@@ -7,6 +7,7 @@ from datetime import UTC
 from typing import Any
 
 from daemon.runtime.context import Runtime
+from daemon.runtime.job import Job
 
 __all__ = ["status_line", "status_snapshot"]
 
@@ -32,6 +33,7 @@ def status_snapshot(rt: Runtime) -> dict[str, Any]:
                 "session_id": job.runner.conversation.state.session_id,
                 "client_connected": job.runner.agent.connected,
                 "cli_pid": job.runner.agent.cli_pid(),
+                **_context(job),
             }
         )
     pool = rt.pool
@@ -51,6 +53,16 @@ def status_snapshot(rt: Runtime) -> dict[str, Any]:
         "degraded": rt.health.degraded,
         "mirror": rt.mirror.phase,
         "jobs": jobs,
+    }
+
+
+def _context(job: Job) -> dict[str, Any]:
+    """The conversation's context after its last turn, its limit, and its compactions."""
+    state = job.runner.conversation.state
+    return {
+        "context_tokens": state.context_tokens,
+        "context_limit": job.config.context_limit,
+        "compactions": state.compactions,
     }
 
 
