@@ -229,6 +229,8 @@ class AgentSession:
         from claude_agent_sdk import ClaudeSDKClient  # noqa: PLC0415
 
         options = self._options(plan)
+        if plan.resume and plan.resume_at:
+            self.store.load_whole_next(plan.session_id)  # the cut may lie before a compaction
         client = ClaudeSDKClient(options)
         try:
             await client.connect()
