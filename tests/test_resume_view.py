@@ -34,8 +34,8 @@ class Transcript:
 
     def _msg(self, kind: str, text: str, parent: str | None = None) -> Entry:
         uid = str(uuid.uuid4())
-        entry = {"type": kind, "uuid": uid, "parentUuid": parent or self.leaf, "sessionId": "s"}
-        entry["message"] = {"role": kind, "content": text}
+        entry: Entry = {"type": kind, "uuid": uid, "parentUuid": parent or self.leaf}
+        entry |= {"sessionId": "s", "message": {"role": kind, "content": text}}
         self.leaf = uid
         return entry
 
