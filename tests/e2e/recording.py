@@ -11,10 +11,12 @@ import asyncio
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from daemon.runtime.control import SOCKET_NAME, call
 from daemon.testing.devmodel import (
     DevModelServer,
     Request,
@@ -22,6 +24,7 @@ from daemon.testing.devmodel import (
     is_summary_request,
     synthetic_tokens,
 )
+from tests.e2e.conftest import Daemon, Site
 
 Body = dict[str, Any]
 
@@ -80,3 +83,43 @@ def recording_model() -> Iterator[RecordingModel]:
         yield model
     finally:
         model.stop()
+
+
+# ---------------------------------------------------------------- long conversations
+
+
+@pytest.fixture
+def long_site(short_tmp: Path, recording_model: RecordingModel) -> Iterator[Site]:
+    site = Site(short_tmp, recording_model)  # type: ignore[arg-type]  # Site only reads .url
+    try:
+        yield site
+    finally:
+        site.close()
+
+
+def write_config(site: Site, name: str, prompt: str, *, extra: str = "", **daemon: str) -> None:
+    """One job ``name`` (beats only when asked: every 1h) with ``prompt`` and ``extra``."""
+    site.workdir("work")
+    settings = {"state_dir": "state", "runtime_dir": "run", "key_file": "vigil.key", **daemon}
+    lines = ["[daemon]", *(f"{k} = {json.dumps(v)}" for k, v in settings.items()), ""]
+    lines += ["[[heartbeat]]", f'name = "{name}"', 'every = "1h"', 'cwd = "work"']
+    lines += [f"prompt = {json.dumps(prompt)}", extra]
+    site.config_path.write_text("\n".join(lines) + "\n")
+
+
+def run_beats(site: Site, daemon: Daemon, name: str, beats: int, *, first: bool = True) -> None:
+    """``beats`` turns back to back: (``first``) the one after the first start, then one
+    ``vigil beat`` (over the control socket) as soon as the previous turn ended."""
+    socket = site.runtime_dir / SOCKET_NAME
+    if first:
+        daemon.wait_event("turn_completed", 60, job=name)
+    for _ in range(beats - 1 if first else beats):
+        mark = daemon.count()
+        answer = call(socket, {"op": "beat", "job": name})
+        assert answer.get("ok"), answer
+        daemon.wait_for(
+            lambda x: x.get("job") == name and x.get("event") in ("turn_completed", "turn_failed"),
+            60,
+            start=mark,
+            what=f"the end of a beat of {name}",
+        )

@@ -12,17 +12,22 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from daemon.runtime.control import SOCKET_NAME, call
-from tests.e2e.conftest import Daemon, Site
-from tests.e2e.recording import RecordingModel, input_tokens, is_summary, recording_model
+from tests.e2e.conftest import Site
+from tests.e2e.recording import (
+    RecordingModel,
+    input_tokens,
+    is_summary,
+    long_site,
+    recording_model,
+    run_beats,
+    write_config,
+)
 
-__all__ = ["recording_model"]  # the fixture, imported to be found by pytest
+__all__ = ["long_site", "recording_model"]  # fixtures, imported to be found by pytest
 
 pytestmark = pytest.mark.e2e
 
@@ -30,41 +35,6 @@ LIMIT = 100_000
 GROWTH = 20_000  # tokens each beat adds (its [usage:N])
 PROMPT = f"heartbeat [usage:{GROWTH}]"
 SUMMARY = re.compile(r'dev-model summary of (\d+) user turns; first: "([^"]*)"')
-
-
-@pytest.fixture
-def long_site(short_tmp: Path, recording_model: RecordingModel) -> Iterator[Site]:
-    site = Site(short_tmp, recording_model)  # type: ignore[arg-type]  # Site only reads .url
-    try:
-        yield site
-    finally:
-        site.close()
-
-
-def write_config(site: Site, name: str, *, extra: str = "", **daemon: str) -> None:
-    site.workdir("work")
-    settings = {"state_dir": "state", "runtime_dir": "run", "key_file": "vigil.key", **daemon}
-    lines = ["[daemon]", *(f"{k} = {json.dumps(v)}" for k, v in settings.items()), ""]
-    lines += ["[[heartbeat]]", f'name = "{name}"', 'every = "1h"', 'cwd = "work"']
-    lines += [f"prompt = {json.dumps(PROMPT)}", extra]
-    site.config_path.write_text("\n".join(lines) + "\n")
-
-
-def run_beats(site: Site, daemon: Daemon, name: str, beats: int) -> None:
-    """``beats`` turns back to back: the first one after start, then one ``vigil beat``
-    (over the control socket) as soon as the previous turn ended."""
-    socket = site.runtime_dir / SOCKET_NAME
-    daemon.wait_event("turn_completed", 60, job=name)
-    for _ in range(beats - 1):
-        mark = daemon.count()
-        answer = call(socket, {"op": "beat", "job": name})
-        assert answer.get("ok"), answer
-        daemon.wait_for(
-            lambda x: x.get("job") == name and x.get("event") in ("turn_completed", "turn_failed"),
-            60,
-            start=mark,
-            what=f"the end of a beat of {name}",
-        )
 
 
 def first_user_text(body: dict[str, Any]) -> str:
@@ -86,7 +56,7 @@ def test_a_context_limit_keeps_each_beat_under_it_and_memory_survives_compaction
 ) -> None:
     site, name = long_site, "keeper"
     beats = 300 if long_run else 100
-    write_config(site, name, extra=f"context_limit = {LIMIT}")
+    write_config(site, name, PROMPT, extra=f"context_limit = {LIMIT}")
     daemon = site.start()
     run_beats(site, daemon, name, beats)
     status = json.loads(site.vigil("status", "--config", str(site.config_path), "--json").stdout)
