@@ -146,7 +146,7 @@ def test_the_daemon_state_and_the_mirror_count_compactions_and_keep_the_context(
     for seq, event in enumerate(events, start=1):
         mirror.apply("inbox", seq, event)
     mirror.flush()
-    (summary,) = mirror.conversations(today="2026-11-21")
+    (summary,) = mirror.conversations()
     assert (summary.compactions, summary.context_tokens) == (2, 23_000)
     row = mirror.db.execute(
         "SELECT compactions, compacted_pre_tokens, compacted_post_tokens, context_tokens "
