@@ -24,7 +24,7 @@ from daemon.journal.framing import FrameError, decode_payload, open_line
 from daemon.journal.keyring import Keyring, resolve_key_path
 from daemon.journal.logstore import conversation_names
 from daemon.layout import Layout
-from daemon.ops.history import existing_journal
+from daemon.ops.history import existing_journal, tokens_short
 from daemon.runtime.control import SOCKET_NAME, DaemonNotRunning, call
 
 COMMANDS = frozenset({"status", "beat", "tail"})
@@ -150,7 +150,19 @@ def cmd_status(config: Config, layout: Layout, *, as_json: bool) -> int:
         if job.get("queued_messages"):
             line += f"  {job['queued_messages']} queued"
         print(line)
+        if job.get("context_tokens") is not None or job.get("compactions"):
+            print(f"  {'':20} {_context_line(job)}")
     return 0
+
+
+def _context_line(job: dict[str, Any]) -> str:
+    """``context 62.8k of 100k tokens; 3 compactions`` for one job of ``status``."""
+    context = job.get("context_tokens")
+    line = f"context {tokens_short(context if isinstance(context, int) else None)}"
+    limit = job.get("context_limit")
+    if isinstance(limit, int):
+        line += f" of {tokens_short(limit)}"
+    return f"{line} tokens; {job.get('compactions') or 0} compactions"
 
 
 def cmd_beat(layout: Layout, name: str, *, as_json: bool) -> int:
@@ -243,6 +255,15 @@ def _print_event(seq: int, event: Event, *, as_json: bool) -> None:
         detail = str(event.get("reason"))
     elif kind == "result":
         detail = f"cost so far ${event.get('session_cost_usd') or 0:.4f}"
+        if isinstance(event.get("context_tokens"), int):
+            detail += f", context {tokens_short(event['context_tokens'])} tokens"
+    elif kind == "compacted":
+        pre, post = event.get("pre_tokens"), event.get("post_tokens")
+        detail = (
+            f"{tokens_short(pre if isinstance(pre, int) else None)} → "
+            f"{tokens_short(post if isinstance(post, int) else None)} tokens "
+            f"({event.get('trigger')}, {event.get('preserved', 0)} messages kept verbatim)"
+        )
     elif kind == "session_bound":
         detail = f"session {event.get('session_id')} ({event.get('mode')})"
     elif kind == "forked":

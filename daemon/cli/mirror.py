@@ -36,6 +36,7 @@ from daemon.journal.logstore import conversation_names, journal_path
 from daemon.layout import Layout
 from daemon.mirror.db import ConversationSummary, Hit, Mirror
 from daemon.mirror.rebuild import RebuildProgress, RebuildStats, rebuild
+from daemon.ops.history import tokens_short
 from daemon.ops.reencrypt import rotate_and_reencrypt
 from daemon.ops.verify import verify
 from jobs.budget import local_day, local_day_bounds
@@ -330,20 +331,21 @@ def cmd_sessions(config: Config, *, as_json: bool) -> int:
     else:
         print(
             "name\tturns\tlast_status\tlast_activity\tspend_today_usd\tsession_id\t"
-            "forked_from\tpaused"
+            "forked_from\tpaused\tcontext_tokens\tcompactions"
         )
         for r in rows:
             print(
                 f"{r.name}\t{r.turns}\t{r.last_status or '-'}\t{r.last_activity or '-'}\t"
                 f"{r.spend_today_usd:.4f}\t{r.session_id or '-'}\t{r.origin or '-'}\t"
-                f"{_paused(r)}"
+                f"{_paused(r)}\t"
+                f"{r.context_tokens if r.context_tokens is not None else '-'}\t{r.compactions}"
             )
     return 0
 
 
 def _sessions_table(rows: list[ConversationSummary]) -> None:
     columns = ("name", "turns", "last status", "last activity (UTC)", "spend today", "session")
-    table = Table(*columns, "forked from", "paused")
+    table = Table(*columns, "forked from", "paused", "context", "compactions")
     for r in rows:
         table.add_row(
             r.name,
@@ -354,6 +356,8 @@ def _sessions_table(rows: list[ConversationSummary]) -> None:
             r.session_id or "-",
             r.origin or "-",
             _paused(r),
+            tokens_short(r.context_tokens),
+            str(r.compactions),
         )
     Console().print(table if rows else "no conversations yet")
 

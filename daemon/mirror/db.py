@@ -158,6 +158,8 @@ class ConversationSummary:
     forked_turn: int | None = None  # the source's turn it was cut at
     paused_by: str | None = None  # "operator" or "auto" while paused
     paused_until: str | None = None  # the pause's end; None: until `vigil resume`
+    compactions: int = 0  # times the CLI summarised the history
+    context_tokens: int | None = None  # the context after the last turn that reported it
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -174,6 +176,8 @@ class ConversationSummary:
             "paused": self.paused_by is not None,
             "paused_by": self.paused_by,
             "paused_until": self.paused_until,
+            "compactions": self.compactions,
+            "context_tokens": self.context_tokens,
         }
 
     @property
@@ -614,7 +618,10 @@ class Mirror:
                      AND status != 'skipped' ORDER BY turn DESC LIMIT 1),
                   (SELECT status FROM turns t WHERE t.conversation = c.name
                      ORDER BY turn DESC LIMIT 1))),
-              (SELECT coalesce(sum(cost_usd), 0) FROM turns t WHERE t.conversation = c.name)
+              (SELECT coalesce(sum(cost_usd), 0) FROM turns t WHERE t.conversation = c.name),
+              (SELECT coalesce(sum(compactions), 0) FROM turns t WHERE t.conversation = c.name),
+              (SELECT context_tokens FROM turns t WHERE t.conversation = c.name
+                 AND context_tokens IS NOT NULL ORDER BY turn DESC LIMIT 1)
             FROM conversations c ORDER BY c.name
             """,
             (_utc_now_iso(),),
@@ -642,6 +649,8 @@ class Mirror:
                     forked_turn=r[5],
                     paused_by=r[6],
                     paused_until=r[7] if r[6] is not None else None,
+                    compactions=r[11],
+                    context_tokens=r[12],
                 )
             )
         return summaries

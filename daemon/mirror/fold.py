@@ -58,6 +58,10 @@ class TurnState:
     deltas: int = 0
     tool_calls: int = 0
     last_seq: int = 0
+    context_tokens: int | None = None  # the context after the turn (its last request)
+    compactions: int = 0
+    compacted_pre_tokens: int | None = None  # the turn's first compaction: before
+    compacted_post_tokens: int | None = None  # its last: after
 
     def row(self, conversation: str) -> tuple[Any, ...]:
         """The ``turns`` row, in ``mirror_schema.TURN_COLUMNS`` order."""
@@ -86,6 +90,10 @@ class TurnState:
             self.tool_calls,
             self.first_seq,
             self.last_seq,
+            self.context_tokens,
+            self.compactions,
+            self.compacted_pre_tokens,
+            self.compacted_post_tokens,
         )
 
     @classmethod
@@ -114,6 +122,10 @@ class TurnState:
             deltas=r["deltas"],
             tool_calls=r["tool_calls"],
             last_seq=r["last_seq"],
+            context_tokens=r["context_tokens"],
+            compactions=r["compactions"],
+            compacted_pre_tokens=r["compacted_pre_tokens"],
+            compacted_post_tokens=r["compacted_post_tokens"],
         )
 
 
@@ -308,6 +320,8 @@ def fold_event(c: ConvState, seq: int, ev: Event, loader: Loader) -> None:  # no
         _tool_result(c, seq, turn_no, ev, loader)
     elif kind == "result":
         _result(t, ev, step)
+    elif kind == "compacted":
+        _compacted(t, ev)
     elif kind in END_STATUS:
         t.status, t.ended_at = END_STATUS[kind], at
         if kind == "turn_completed" and ev.get("quiet"):
@@ -392,9 +406,23 @@ def _result(t: TurnState, ev: Event, step: float | None) -> None:
     usage = ev.get("usage")
     if isinstance(usage, Mapping):
         for i, (key, _) in enumerate(USAGE_KEYS):
-            n = usage.get(key)
-            if isinstance(n, int) and not isinstance(n, bool):
+            n = _count(usage.get(key))
+            if n is not None:
                 t.tokens[i] = (t.tokens[i] or 0) + n
+    context = _count(ev.get("context_tokens"))
+    if context is not None:
+        t.context_tokens = context
+
+
+def _compacted(t: TurnState, ev: Event) -> None:
+    t.compactions += 1
+    if t.compacted_pre_tokens is None:
+        t.compacted_pre_tokens = _count(ev.get("pre_tokens"))
+    t.compacted_post_tokens = _count(ev.get("post_tokens"))
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _beat_skipped(c: ConvState, seq: int, turn_no: int, ev: Event) -> None:

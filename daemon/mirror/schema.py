@@ -6,8 +6,8 @@ and rebuilt, never migrated (it is derived data).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3  # 2: conversations.forked_from, forked_turn, forked_session
-# 3: conversations.paused_by, paused_until (vigil pause)
+SCHEMA_VERSION = 4  # 2: conversations.forked_*; 3: conversations.paused_by, paused_until
+# (vigil pause); 4: turns.context_tokens, compactions, compacted_* (compaction on the record)
 
 SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,6 +51,10 @@ CREATE TABLE turns(
     tool_calls INTEGER NOT NULL,
     first_seq INTEGER NOT NULL,
     last_seq INTEGER NOT NULL,
+    context_tokens INTEGER,
+    compactions INTEGER NOT NULL,
+    compacted_pre_tokens INTEGER,
+    compacted_post_tokens INTEGER,
     UNIQUE(conversation, turn)
 );
 CREATE TABLE tool_calls(
@@ -145,6 +149,10 @@ DUMP_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "tool_calls",
             "first_seq",
             "last_seq",
+            "context_tokens",
+            "compactions",
+            "compacted_pre_tokens",
+            "compacted_post_tokens",
         ),
     ),
     "tool_calls": (

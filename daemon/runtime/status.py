@@ -7,6 +7,7 @@ from datetime import UTC
 from typing import Any
 
 from daemon.runtime.context import Runtime
+from daemon.runtime.job import Job
 
 __all__ = ["status_line", "status_snapshot"]
 
@@ -41,6 +42,7 @@ def status_snapshot(rt: Runtime) -> dict[str, Any]:
                 "failure_streak": job.ledger.failure_streak,
                 "alerting": job.ledger.alerting,
                 "queued_messages": len(job.ledger.queued),
+                **_context(job),
             }
         )
     pool = rt.pool
@@ -60,6 +62,16 @@ def status_snapshot(rt: Runtime) -> dict[str, Any]:
         "degraded": rt.health.degraded,
         "mirror": rt.mirror.phase,
         "jobs": jobs,
+    }
+
+
+def _context(job: Job) -> dict[str, Any]:
+    """The conversation's context after its last turn, its limit, and its compactions."""
+    state = job.runner.conversation.state
+    return {
+        "context_tokens": state.context_tokens,
+        "context_limit": job.config.context_limit,
+        "compactions": state.compactions,
     }
 
 

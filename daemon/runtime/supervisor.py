@@ -114,7 +114,9 @@ class Supervisor:
     def _wire(self) -> Runtime:
         """Build the shared runtime: stores, the mirror, the pool, the parts."""
         layout, daemon_cfg = self.layout, self.config.daemon
-        transcripts = JournalSessionStore(layout.transcripts, self.keyring, fsync=self.fsync)
+        transcripts = JournalSessionStore(
+            layout.transcripts, self.keyring, fsync=self.fsync, resume_view=True
+        )
 
         def sdk_agent(spec: AgentSpec) -> AgentDriver:
             return AgentSession(spec, transcripts)

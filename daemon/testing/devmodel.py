@@ -29,6 +29,15 @@ answer a fresh prompt with a ``tool_use`` block running CMD in the Bash tool (th
 follow-up request carrying the tool result gets a normal text reply). Arguments
 cannot contain ``]``. Only the newest block is read because after a failed turn
 the CLI merges the unanswered prompt with the next one into one user message.
+The exception is ``[usage:N]``: it is read from *every* user turn still in the
+request, each one adding N to the reported ``input_tokens``, so a conversation whose
+prompts carry it grows by N tokens a turn until the CLI compacts it away.
+
+**Compaction.** The CLI's summarisation request (its newest user text holds "create a
+detailed summary of the conversation so far") is answered with
+``<summary>dev-model summary of N user turns; first: "..."; last: "..."</summary>``,
+directives removed; N and ``first`` carry over from an earlier dev-model summary, so
+the memory that survives compactions is visible in the reply after them.
 
 **Global faults**: ``POST /_control`` with ``{"fail_next": 3, "status": 529}``,
 ``{"slow_ms": 200}`` or ``{"reset": true}`` (clears faults *and* statistics);
@@ -240,9 +249,45 @@ def estimate_input_tokens(request: JsonDict) -> int:
     return max(1, chars // 4)
 
 
+_USAGE = re.compile(r"\[usage:(\d+)\]")
+
+
+def synthetic_tokens(messages: Sequence[JsonDict]) -> int:
+    """Sum of N over every ``[usage:N]`` in the user turns still in ``messages``."""
+    return sum(int(n) for text in user_texts(messages) for n in _USAGE.findall(text))
+
+
+SUMMARY_REQUEST: Final = "create a detailed summary of the conversation so far"
+SUMMARY_PREFIX: Final = "dev-model summary of "
+_SUMMARY_OF = re.compile(r'dev-model summary of (\d+) user turns; first: "([^"]*)"')
+_ANY_DIRECTIVE = re.compile(r"\[(?:reply|slow|fail|stall|tool|usage):[^\]]*\]|\[cut\]")
+
+
+def is_summary_request(messages: Sequence[JsonDict]) -> bool:
+    """True for the CLI's compaction request (its instructions are the newest user text)."""
+    return SUMMARY_REQUEST in latest_prompt(messages)
+
+
+def summary_reply(messages: Sequence[JsonDict]) -> str:
+    """``<summary>`` of the user turns before the instructions, directives removed, and
+    counting through an earlier dev-model summary (so memory survives compactions)."""
+    texts = [_ANY_DIRECTIVE.sub("", t) for t in user_texts(messages)[:-1]]
+    count, first = len(texts), preview(texts[0]) if texts else ""
+    earlier = _SUMMARY_OF.search(texts[0]) if texts else None
+    if earlier:
+        count, first = count - 1 + int(earlier.group(1)), earlier.group(2)
+    last = preview(texts[-1]) if texts else ""
+    return (
+        f'<summary>{SUMMARY_PREFIX}{count} user turns; first: "{first}"; last: "{last}"</summary>'
+    )
+
+
 def plan_reply(request: JsonDict, directives: Directives) -> Reply:
     messages = request["messages"]
-    input_tokens = estimate_input_tokens(request)
+    input_tokens = estimate_input_tokens(request) + synthetic_tokens(messages)
+    if is_summary_request(messages):
+        text = summary_reply(messages)
+        return Reply(text, None, input_tokens, max(1, len(text.split())))
     if directives.tool is not None and ends_with_user_text(messages):
         return Reply(None, directives.tool, input_tokens, 8)
     text = directives.reply if directives.reply is not None else echo_reply(user_texts(messages))
