@@ -242,3 +242,25 @@ def window_stats(beats: Sequence[Beat], start: datetime, end: datetime) -> Windo
     stats.backlog_max = int(max(y for _, y in series))
     stats.backlog_slope = slope_per_minute(series)
     return stats
+
+
+# ---------------------------------------------------------------- fairness
+
+
+def completed_per_job(
+    beats: Mapping[str, Sequence[Beat]], start: datetime, end: datetime
+) -> dict[str, int]:
+    """Turns each conversation completed in ``[start, end)`` (0 for a starved one)."""
+    return {
+        job: sum(1 for b in found if b.outcome == "completed" and _inside(b.ended, start, end))
+        for job, found in beats.items()
+    }
+
+
+def jain_index(values: Sequence[float]) -> float | None:
+    """Jain's fairness index, ``(sum x)^2 / (n * sum x^2)``: 1.0 when every share is
+    equal, ``1/n`` when one conversation got everything; None without any share."""
+    squares = sum(x * x for x in values)
+    if not values or squares == 0:
+        return None
+    return sum(values) ** 2 / (len(values) * squares)
