@@ -264,3 +264,14 @@ def jain_index(values: Sequence[float]) -> float | None:
     if not values or squares == 0:
         return None
     return sum(values) ** 2 / (len(values) * squares)
+
+
+def best_jain_index(total: int, conversations: int) -> float | None:
+    """The highest Jain's index ``total`` whole beats over ``conversations`` can reach
+    (as even as integers allow): with few beats per conversation, 1.0 is out of reach
+    (12 beats over 10 conversations: at best 0.9)."""
+    if total <= 0 or conversations <= 0:
+        return None
+    share, extra = divmod(total, conversations)
+    squares = extra * (share + 1) ** 2 + (conversations - extra) * share**2
+    return total**2 / (conversations * squares)

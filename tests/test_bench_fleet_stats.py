@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bench.fleet_stats import beats_of, completed_per_job, jain_index, percentile, window_stats
+from bench.fleet_stats import (
+    beats_of,
+    best_jain_index,
+    completed_per_job,
+    jain_index,
+    percentile,
+    window_stats,
+)
 
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
@@ -104,3 +111,10 @@ def test_completed_per_job_counts_turns_ended_in_the_window_and_starved_jobs() -
     }
     got = completed_per_job(beats, T0 + timedelta(seconds=2), T0 + timedelta(seconds=10))
     assert got == {"busy": 2, "late": 0, "starved": 0}
+
+
+def test_best_jain_index_is_what_whole_beats_allow() -> None:
+    assert best_jain_index(12, 10) == 0.9
+    assert best_jain_index(40, 10) == 1.0
+    assert best_jain_index(0, 10) is None
+    assert best_jain_index(5, 10) == 0.5
