@@ -184,7 +184,7 @@ class Dispatcher:
                 waited_s=round(exc.waited_s, 3),
                 max_concurrent_turns=rt.pool.max_turns,
             )
-            self.overload.beat_unserved(rt)
+            self.overload.beat_unserved(rt, job.name, exc.waited_s)
             return skipped
         except asyncio.CancelledError:
             if rt.waiting.get(job.name) is task:

@@ -58,8 +58,8 @@ class OverloadAlarm:
         self._last = now
         return True
 
-    def beat_unserved(self, rt: Runtime) -> None:
-        """A beat was skipped ``no_capacity``: log the overload, rate-limited."""
+    def beat_unserved(self, rt: Runtime, job: str, waited_s: float) -> None:
+        """A beat of ``job`` was skipped ``no_capacity``: log the overload, rate-limited."""
         if not self.ready():
             return
         pool = rt.pool
@@ -67,6 +67,8 @@ class OverloadAlarm:
         oldest_s = load.oldest_waited_s
         rt.log.warning(
             "over_capacity",
+            job=job,
+            waited_s=round(waited_s, 1),
             backlog=load.backlog,
             oldest_job=load.oldest_key,
             oldest_waited_s=None if oldest_s is None else round(oldest_s, 1),
