@@ -130,3 +130,51 @@ def test_forget_removes_a_conversation_entirely() -> None:
     queue.forget("gone")
     assert "gone" not in queue and len(queue) == 0
     assert queue.arrive("gone", 5.0) == 5.0
+
+
+def test_a_free_slot_is_held_for_a_conversation_between_two_beats() -> None:
+    """A beat gives up shortly before its conversation's next one is due: a slot that
+    frees in between waits for that next beat instead of going to a fresher one."""
+    clock = FakeClock()
+    queue = FairQueue(clock, hold_s=1.5)
+    t0 = clock.monotonic()
+    queue.arrive("owed", t0)
+    clock.advance(1.8)
+    queue.gave_up("owed")
+    queue.arrive("fresh", clock.monotonic())  # arrives first, while owed is away
+    assert queue.next(nobody_live) is None
+    assert queue.hold_ends() == clock.monotonic() + 1.5
+    clock.advance(0.2)
+    queue.arrive("owed", clock.monotonic())  # its next beat, with its old place
+    assert queue.hold_ends() is None
+    assert serve(queue) == "owed"
+    assert serve(queue) == "fresh"
+
+
+def test_a_hold_lapses_when_the_owed_conversation_does_not_come_back() -> None:
+    clock = FakeClock()
+    queue = FairQueue(clock, hold_s=1.5)
+    queue.arrive("owed", clock.monotonic())
+    queue.gave_up("owed")
+    queue.arrive("fresh", clock.monotonic() + 1)
+    assert queue.next(nobody_live) is None
+    clock.advance(1.5)  # e.g. its next beat was skipped by its gate, or it backs off
+    assert queue.next(nobody_live) == "fresh"
+    # The place itself is still owed: its next beat goes first whenever it comes.
+    queue.served("fresh")
+    queue.arrive("later", clock.monotonic())
+    queue.arrive("owed", clock.monotonic() + 5)
+    assert serve(queue) == "owed"
+
+
+def test_no_hold_for_a_conversation_owed_a_younger_place() -> None:
+    clock = FakeClock()
+    queue = FairQueue(clock)
+    t0 = clock.monotonic()
+    queue.arrive("old", t0)
+    clock.advance(3)
+    queue.arrive("young", clock.monotonic())
+    queue.gave_up("young")
+    assert queue.next(nobody_live) == "old"  # nothing older is owed: served at once
+    queue.drop("young")
+    assert queue.hold_ends() is None

@@ -13,6 +13,13 @@ slot frees up. Contract:
   active hours: nothing is owed to that conversation then).
 * A live client only breaks ties between equal places (it saves a resume); arrival
   order breaks the rest. So a live client never starves anyone.
+* The gap after giving up: a beat gives up shortly before its conversation's next beat
+  is due, so for a moment that conversation is owed a place but has no beat waiting.
+  A slot that frees then is *held* for it (up to ``hold_s`` after it gave up) rather
+  than handed to a fresher beat that happens to arrive first; otherwise conversations
+  due together are served in the same arrival order at every round, and the ones
+  arriving first win again and again. :meth:`FairQueue.hold_ends` says when to look
+  again.
 * It counts beats offered (arrivals), served (grants) and given up over the last
   ``window_s`` of the clock's monotonic time, for ``vigil status`` and the
   ``over_capacity`` log line.
@@ -32,6 +39,7 @@ from daemon.ports.clock import Clock
 __all__ = ["RATE_WINDOW_S", "FairQueue", "QueueLoad"]
 
 RATE_WINDOW_S = 60.0
+HOLD_S = 1.5  # the wait window ends up to 1 s before the next beat, plus dispatch lag
 
 
 @dataclass(frozen=True)
@@ -70,9 +78,13 @@ class _Events:
 
 
 class FairQueue:
-    def __init__(self, clock: Clock, *, window_s: float = RATE_WINDOW_S) -> None:
+    def __init__(
+        self, clock: Clock, *, window_s: float = RATE_WINDOW_S, hold_s: float = HOLD_S
+    ) -> None:
         self._clock = clock
         self.window_s = window_s
+        self.hold_s = hold_s
+        self._gave_up_at: dict[str, float] = {}  # owed conversations between two beats
         self._since = clock.monotonic()
         self._places: dict[str, float] = {}  # conversations owed a turn since this due time
         self._waiting: dict[str, tuple[float, int]] = {}  # key -> (place, arrival number)
@@ -93,18 +105,38 @@ class FairQueue:
             raise ValueError(f"a beat of {key!r} is already waiting")
         place = min(due, self._places.get(key, due))
         self._places[key] = place
+        self._gave_up_at.pop(key, None)
         self._waiting[key] = (place, next(self._arrivals))
         self._offered.add(self._clock.monotonic())
         return place
 
     def next(self, live: Callable[[str], bool]) -> str | None:
-        """Whom the next free slot goes to (not removed: call :meth:`served`)."""
+        """Whom the next free slot goes to (not removed: call :meth:`served`); None when
+        nobody waits, or the slot is held for an owed conversation between two beats."""
         if not self._waiting:
             return None
-        return min(
+        best = min(
             self._waiting,
             key=lambda k: (self._waiting[k][0], not live(k), self._waiting[k][1]),
         )
+        held = self._held_for(self._waiting[best][0])
+        return None if held else best
+
+    def hold_ends(self) -> float | None:
+        """When the current hold on a free slot lapses (monotonic), if there is one."""
+        if not self._waiting:
+            return None
+        best = min(place for place, _ in self._waiting.values())
+        held = self._held_for(best)
+        return min(self._gave_up_at[k] + self.hold_s for k in held) if held else None
+
+    def _held_for(self, place: float) -> list[str]:
+        """Owed conversations between two beats whose place is older than ``place``."""
+        now = self._clock.monotonic()
+        for key, at in list(self._gave_up_at.items()):
+            if now - at >= self.hold_s:
+                del self._gave_up_at[key]  # its next beat did not come: no longer held
+        return [k for k in self._gave_up_at if self._places.get(k, place) < place]
 
     def served(self, key: str) -> None:
         """``key``'s waiting beat got its slot: it leaves the queue, its place is cleared."""
@@ -115,7 +147,9 @@ class FairQueue:
     def gave_up(self, key: str) -> None:
         """``key``'s beat waited past its window: it leaves, the place stays."""
         del self._waiting[key]
-        self._gave_up.add(self._clock.monotonic())
+        now = self._clock.monotonic()
+        self._gave_up.add(now)
+        self._gave_up_at[key] = now
 
     def withdraw(self, key: str) -> None:
         """``key``'s beat stopped waiting for another reason (the daemon stops)."""
@@ -125,10 +159,12 @@ class FairQueue:
         """Forget ``key``'s place (its beat was skipped for a reason of its own)."""
         if key not in self._waiting:
             self._places.pop(key, None)
+            self._gave_up_at.pop(key, None)
 
     def forget(self, key: str) -> None:
         self._waiting.pop(key, None)
         self._places.pop(key, None)
+        self._gave_up_at.pop(key, None)
 
     def load(self) -> QueueLoad:
         now = self._clock.monotonic()

@@ -72,6 +72,7 @@ class ClientPool:
         self._free = max_turns  # turn slots neither held nor promised to a waiter
         self.queue = FairQueue(self._time)
         self._waiters: dict[str, tuple[asyncio.Future[None], PooledClient]] = {}
+        self._recheck: asyncio.TimerHandle | None = None  # a held slot is looked at again
         self._members: OrderedDict[str, PooledClient] = OrderedDict()  # LRU first
         self._last_used: dict[str, float] = {}
         self._busy: set[str] = set()
@@ -138,14 +139,28 @@ class ClientPool:
         self._grant()
 
     def _grant(self) -> None:
-        """Promise free slots to the waiters the fair queue picks, in its order."""
+        """Promise free slots to the waiters the fair queue picks, in its order. A slot
+        the queue holds for a conversation between two beats is looked at again when
+        the hold lapses."""
         while self._free > 0:
             key = self.queue.next(self._waiting_live)
             if key is None:
+                self._recheck_at(self.queue.hold_ends())
                 return
             self.queue.served(key)
             self._free -= 1
             self._waiters[key][0].set_result(None)
+
+    def _recheck_at(self, when: float | None) -> None:
+        if when is None or self._recheck is not None:
+            return
+
+        def recheck() -> None:
+            self._recheck = None
+            self._grant()
+
+        delay = max(when - self._clock(), 0.0) + 0.001
+        self._recheck = asyncio.get_running_loop().call_later(delay, recheck)
 
     def _waiting_live(self, key: str) -> bool:
         return self._waiters[key][1].connected
@@ -157,6 +172,8 @@ class ClientPool:
     def drop_place(self, key: str) -> None:
         """``key``'s beat was skipped for a reason of its own: it is owed no place."""
         self.queue.drop(key)
+        if self._waiters:
+            self._grant()  # a slot held for it goes to the next in line
 
     async def _make_room(self, exclude: str) -> None:
         while self._live_excluding(exclude) >= self.max_live:
@@ -201,5 +218,7 @@ class ClientPool:
 
     def forget(self, key: str) -> None:
         self.queue.forget(key)
+        if self._waiters:
+            self._grant()
         self._members.pop(key, None)
         self._last_used.pop(key, None)
