@@ -36,7 +36,7 @@ offer 1x, 1.5x and 2x of it. Each reports beats per minute, due -> first delta p
 window (``(sum x)^2 / (n sum x^2)``: 1.0 is perfectly even; target >= 0.95 at 2x), and
 the CPU seconds per completed beat of the daemon process alone and of its whole tree
 (the daemon plus the CLI processes). ``--quick`` runs only these, small (about 5
-minutes); the full run (rate search, main run, fairness) takes about 40 minutes.
+minutes); the full run (rate search, main run, fairness) takes about 35 minutes.
 
     PYTHONPATH=. .venv/bin/python bench/fleet.py --quick         # fairness only, ~5 min
     PYTHONPATH=. .venv/bin/python bench/fleet.py                 # find the rate, then 5 min
