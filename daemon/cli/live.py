@@ -135,6 +135,8 @@ def cmd_status(config: Config, layout: Layout, *, as_json: bool) -> int:
         f"{pool.get('max_concurrent_turns', '?')}, {pool.get('beats_waiting', 0)} waiting; "
         f"evictions: {pool.get('evictions', 0)}"
     )
+    if "overload" in status:
+        print(_load_line(status["overload"]))
     print(f"mirror: {status.get('mirror', '?')}")
     for job in status["jobs"]:
         last = job["last_outcome"] or "-"
@@ -163,6 +165,24 @@ def _context_line(job: dict[str, Any]) -> str:
     if isinstance(limit, int):
         line += f" of {tokens_short(limit)}"
     return f"{line} tokens; {job.get('compactions') or 0} compactions"
+
+
+def _load_line(overload: dict[str, Any]) -> str:
+    """The turn-slot queue in one line: backlog, oldest waiting beat, offered vs served."""
+    oldest = overload.get("oldest_waiting")
+    waiting = f"{overload.get('backlog', 0)} beats waiting"
+    if oldest:
+        waiting += f", oldest {oldest['job']} for {oldest['waited_s']:.1f}s"
+    rates = (
+        f"offered {overload.get('offered_per_min', 0):.1f}/min, "
+        f"served {overload.get('served_per_min', 0):.1f}/min "
+        f"(last {overload.get('window_s', 0):.0f}s)"
+    )
+    verdict = "keeping up"
+    if overload.get("over_capacity"):
+        skips = overload.get("no_capacity_skips", 0)
+        verdict = f"over capacity: {skips} beats skipped no_capacity"
+    return f"load: {waiting}; {rates}; {verdict}"
 
 
 def cmd_beat(layout: Layout, name: str, *, as_json: bool) -> int:

@@ -8,6 +8,7 @@ from typing import Any
 
 from daemon.runtime.context import Runtime
 from daemon.runtime.job import Job
+from daemon.runtime.overload import load_json
 
 __all__ = ["status_line", "status_snapshot"]
 
@@ -59,6 +60,7 @@ def status_snapshot(rt: Runtime) -> dict[str, Any]:
             "beats_waiting": len(rt.waiting),
             "evictions": pool.evictions,
         },
+        "overload": load_json(pool.queue.load()),
         "degraded": rt.health.degraded,
         "mirror": rt.mirror.phase,
         "jobs": jobs,
@@ -83,6 +85,8 @@ def status_line(rt: Runtime) -> str:
     if rt.waiting:
         parts.append(f"{len(rt.waiting)} waiting")
     parts.append(f"{rt.pool.live}/{rt.pool.max_live} clients")
+    if rt.pool.queue.load().over_capacity:
+        parts.append("over capacity")
     lasts = [j.runner.last for j in live if j.runner.last is not None]
     if lasts:
         failed = sum(1 for r in lasts if r is not None and r.outcome == "failed")

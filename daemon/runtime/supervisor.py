@@ -134,6 +134,7 @@ class Supervisor:
                 max_live=daemon_cfg.max_live_clients,
                 max_turns=daemon_cfg.max_concurrent_turns,
                 idle_timeout=daemon_cfg.client_idle_timeout.total_seconds(),
+                clock=self.clock,
             ),
             logs=FileEventLogStore(layout.conversations, self.keyring, fsync=self.fsync),
             transcripts=transcripts,

@@ -258,6 +258,7 @@ def make_runtime(
             max_live=daemon.max_live_clients,
             max_turns=daemon.max_concurrent_turns,
             idle_timeout=daemon.client_idle_timeout.total_seconds(),
+            clock=clock,
         ),
         logs=logs,
         transcripts=transcripts,
