@@ -20,7 +20,7 @@ from daemon.logs import get_logger
 from daemon.ports.eventlog import EventLog, EventLogStore
 
 if TYPE_CHECKING:
-    from daemon.runtime.recovery_read import Folded
+    from daemon.journal.recovery_read import Folded
 
 Listener = Callable[[str, int, Event], None]
 HEALED_REASON = "daemon_stopped_mid_turn"
