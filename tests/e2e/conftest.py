@@ -35,7 +35,7 @@ from daemon.journal.file import read_events, scan
 from daemon.journal.framing import decode_payload
 from daemon.journal.keyring import Keyring, generate_key_file
 from daemon.ops.history import load_history
-from daemon.testing.devmodel import preview
+from daemon.testing.messages import preview
 
 LogLine = dict[str, Any]
 Predicate = Callable[[LogLine], bool]
