@@ -17,7 +17,8 @@ from daemon.journal.bulk import NotPlain, read_payloads
 from daemon.journal.file import FsyncPolicy, Journal, scan
 from daemon.journal.framing import decode_payload
 from daemon.journal.keyring import KeyEntry, Keyring
-from daemon.mirror.db import DumpRow, Mirror
+from daemon.mirror.db import Mirror
+from daemon.mirror.queries import DumpRow
 from daemon.mirror.rebuild import journal_feed
 from daemon.mirror.rows import fold_journal
 

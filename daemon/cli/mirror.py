@@ -33,7 +33,8 @@ from daemon.journal.framing import decode_payload
 from daemon.journal.keyring import Keyring, resolve_key_path
 from daemon.journal.logstore import conversation_names, journal_path
 from daemon.layout import Layout
-from daemon.mirror.db import ConversationSummary, Hit, Mirror
+from daemon.mirror.db import Mirror
+from daemon.mirror.queries import ConversationSummary, Hit
 from daemon.mirror.rebuild import RebuildProgress, RebuildStats, rebuild
 from daemon.ops.reencrypt import rotate_and_reencrypt
 from daemon.ops.verify import verify

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.errors import UnknownJobError, VigilError
+from daemon.events import Event
 from daemon.journal.bulk import NotPlain, read_payloads
 from daemon.journal.file import scan
 from daemon.journal.framing import Frame, decode_payload
@@ -168,6 +169,16 @@ class _Reporter:
         self._progress(
             RebuildProgress(name, self._done, len(self._sizes), records, self._bytes, self._total)
         )
+
+
+def events_feed(records: Iterable[tuple[int, Event]]) -> Feed:
+    """A :data:`Feed` of ``(seq, event)`` pairs already in memory."""
+
+    def feed(sink: Sink) -> None:
+        for seq, event in records:
+            sink(seq, event)
+
+    return feed
 
 
 def journal_feed(path: Path, name: str, keyring: Keyring, limit: int | None = None) -> Feed:

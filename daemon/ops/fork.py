@@ -39,7 +39,8 @@ from daemon.journal.file import FsyncPolicy, Journal, read_events
 from daemon.journal.keyring import Keyring
 from daemon.journal.logstore import journal_path
 from daemon.layout import Layout
-from daemon.mirror.db import Mirror, MirrorError
+from daemon.mirror.database import MirrorError
+from daemon.mirror.db import Mirror
 from daemon.mirror.rebuild import journal_feed
 
 _ANSWERED = ("completed", "quiet")

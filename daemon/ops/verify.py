@@ -24,7 +24,9 @@ from daemon.journal.keyring import Keyring
 from daemon.journal.lock import daemon_running
 from daemon.journal.logstore import conversation_names, journal_path
 from daemon.layout import Layout
-from daemon.mirror.db import DumpRow, Mirror, MirrorError, Sink
+from daemon.mirror.database import MirrorError
+from daemon.mirror.db import Mirror, Sink
+from daemon.mirror.queries import DumpRow
 from daemon.mirror.schema import DUMP_COLUMNS
 
 FindingKind = Literal["torn_tail", "corrupt", "newer_format", "wrong_key", "unreadable"]
