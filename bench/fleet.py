@@ -55,8 +55,8 @@ from typing import IO, Any
 
 from bench.fleet_stats import Beat, WindowStats, beats_of, parse_at, percentile, window_stats
 from daemon.durations import format_duration, parse_duration
-from daemon.journal.file import read_events
 from daemon.journal.keyring import Keyring, generate_key_file
+from daemon.journal.scan import read_events
 from jobs.splay import first_beat_splay
 
 RSS_TARGET_GB = 4.0

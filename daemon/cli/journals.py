@@ -14,9 +14,9 @@ from daemon.cli.site import check_owner, keyring_of, layout_of, print_json
 from daemon.config.load import default_config_path, load_config
 from daemon.config.model import Config
 from daemon.errors import UnknownJobError
-from daemon.journal.file import scan
 from daemon.journal.framing import decode_payload
 from daemon.journal.logstore import conversation_names, journal_path
+from daemon.journal.scan import scan
 from daemon.ops.reencrypt import rotate_and_reencrypt
 
 # ---------------------------------------------------------------- export

@@ -22,10 +22,10 @@ from typing import Any
 from daemon.errors import UnknownJobError, VigilError
 from daemon.events import Event
 from daemon.journal.bulk import NotPlain, read_payloads
-from daemon.journal.file import scan
 from daemon.journal.framing import Frame, decode_payload
 from daemon.journal.keyring import Keyring
 from daemon.journal.logstore import conversation_names, journal_path
+from daemon.journal.scan import scan
 from daemon.mirror.db import Feed, Mirror, Sink
 from daemon.mirror.rows import ConvRows, fold_journal
 from daemon.mirror.workers import Job, WorkerPool

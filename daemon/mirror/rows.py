@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from daemon.journal.bulk import NotPlain, read_payloads
-from daemon.journal.file import scan
 from daemon.journal.framing import decode_payload
 from daemon.journal.keyring import Keyring
+from daemon.journal.scan import scan
 from daemon.mirror.fold import ConvState, DeliveryState, ToolState, TurnState, fold_event
 from daemon.mirror.schema import (
     CONVERSATION_INSERT,

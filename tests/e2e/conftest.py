@@ -31,9 +31,9 @@ import pytest
 
 from daemon.config.load import load_config
 from daemon.events.heal import ConversationView, fold
-from daemon.journal.file import read_events, scan
 from daemon.journal.framing import decode_payload
 from daemon.journal.keyring import Keyring, generate_key_file
+from daemon.journal.scan import read_events, scan
 from daemon.ops.history import load_history
 from daemon.testing.messages import preview
 

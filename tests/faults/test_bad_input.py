@@ -27,8 +27,8 @@ import pytest
 from daemon.config.load import load_config
 from daemon.config.model import DaemonConfig, HeartbeatConfig
 from daemon.events.heal import fold
-from daemon.journal.file import read_events
 from daemon.journal.keyring import Keyring, generate_key_file
+from daemon.journal.scan import read_events
 from tests.e2e.conftest import DevModel, Job, Site, vigil_argv
 
 CONFIG_ERROR = 2

@@ -27,10 +27,10 @@ from typing import IO, Any
 import pytest
 
 from daemon import events as ev
-from daemon.journal.file import INCOMPLETE_LAST_LINE, scan
 from daemon.journal.framing import seal_json
 from daemon.journal.keyring import Keyring, generate_key_file
 from daemon.journal.lock import StateLock
+from daemon.journal.scan import INCOMPLETE_LAST_LINE, scan
 from daemon.layout import Layout
 from tests.e2e.conftest import DevModel, Job, Site, vigil_argv
 
