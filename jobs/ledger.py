@@ -3,8 +3,8 @@
 :class:`JobLedger` is fed every event of one conversation in journal order, at start
 (from the journal) and live (as events are recorded). It answers what the beat policy
 needs without re-reading the journal: the spend per day (:class:`SpendLedger`), the
-run of quiet replies, when the last beat came due, and deliveries whose outcome the
-journal does not know yet (the delivery fence).
+run of quiet replies, the run of failed beats (failure backoff), when the last beat came
+due, and deliveries whose outcome the journal does not know yet (the delivery fence).
 
 It reads the raw event dicts (``type``, ``at``, ...) of vigil's journal schema.
 """
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from jobs.backoff import BACKOFF_REASONS
 from jobs.budget import SpendLedger, parse_at
 
 __all__ = ["JobLedger", "OpenDelivery"]
@@ -44,11 +45,17 @@ class JobLedger:
     last_due_at: datetime | None = None  # last turn_started or beat_skipped
     last_started_at: datetime | None = None  # last turn_started
     open_deliveries: dict[str, OpenDelivery] = field(default_factory=dict)
+    # Failed beats in a row (``BACKOFF_REASONS``; a completed beat resets it) and the
+    # last one's reason: failure backoff survives a restart, so a crash loop under
+    # ``Restart=always`` does not hammer a failing API.
+    failures: int = 0
+    last_failure_reason: str | None = None
 
     def feed(self, event: Mapping[str, Any]) -> None:
         kind = event.get("type")
         if kind == "delta":  # most events; nothing here needs them
             return
+        self.spend.feed(event)  # turn numbers, restarts of the cost total, results
         if kind == "turn_started":
             when = _when(event)
             self.last_started_at = when or self.last_started_at
@@ -57,8 +64,11 @@ class JobLedger:
             self.last_due_at = _when(event) or self.last_due_at
         elif kind == "turn_completed":
             self.quiet_streak = self.quiet_streak + 1 if event.get("quiet") else 0
-        elif kind == "result":
-            self.spend.feed(event)
+            self.failures = 0
+            self.last_failure_reason = None
+        elif kind == "turn_failed" and event.get("reason") in BACKOFF_REASONS:
+            self.failures += 1
+            self.last_failure_reason = str(event.get("reason"))
         elif isinstance(kind, str) and kind.startswith("delivery_"):
             self._delivery(kind, event)
 

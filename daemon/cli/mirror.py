@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -31,6 +32,7 @@ from daemon.mirror.db import Mirror
 from daemon.mirror.queries import ConversationSummary, Hit
 from daemon.mirror.rebuild import RebuildProgress, RebuildStats, rebuild
 from daemon.ops.verify import verify
+from jobs.budget import local_day, local_day_bounds
 
 VERIFY_FAILED = 8
 PARALLEL_BYTES = 32 << 20  # below this, starting worker processes costs more than it saves
@@ -281,8 +283,16 @@ def _marked(snippet: str) -> Text:
 
 
 def cmd_sessions(config: Config, *, as_json: bool) -> int:
+    now = datetime.now(UTC)
+    zones = {job.name: job.zone for job in config.heartbeats}
+
+    def today(name: str) -> tuple[datetime, datetime]:
+        """Today in the job's timezone, as ``vigil status`` and the budget count it."""
+        zone = zones.get(name, UTC)
+        return local_day_bounds(local_day(now, zone), zone)
+
     with _reader(config) as mirror:
-        rows = mirror.conversations()
+        rows = mirror.conversations(today)
     if as_json:
         print_json([r.as_json() for r in rows])
     elif sys.stdout.isatty():

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 Listener = Callable[[str, int, Event], None]
 HEALED_REASON = "daemon_stopped_mid_turn"
+WRITE_FAILED = "journal_write_failed"  # a turn whose events the journal could not hold
 
 
 @dataclass
@@ -33,6 +34,20 @@ class OpenTurn:
     trigger: str
     prompt_uuid: str | None = None
     deltas: int = 0
+
+
+@dataclass(frozen=True)
+class PendingCut:
+    """A turn the model must not see, journaled as ended but not yet cut from the
+    CLI's transcript: the next connect resumes at ``resume_at`` (the last completed
+    turn's last assistant message; None: nothing completed, start afresh) dropping
+    the turn whose prompt uuid is ``drops_turn``. ``cause``: ``interrupted`` (a crash
+    healed at start, or a drain; the job's ``on_interrupted`` decides whether to cut)
+    or ``write_failed`` (the journal could not hold the turn: always cut)."""
+
+    resume_at: str | None
+    drops_turn: str | None
+    cause: str
 
 
 @dataclass
@@ -48,6 +63,9 @@ class ConversationState:
     # The last turn was interrupted (a crash healed at start, or a drain) and no turn
     # has started since: the next connect must drop its half (``on_interrupted``).
     interrupted: OpenTurn | None = None
+    # Set when a turn ends interrupted or unjournaled; cleared by the next connect
+    # (``session_bound``): the one place the resume point is kept.
+    pending_cut: PendingCut | None = None
     _pending_resume_at: str | None = field(default=None, repr=False)
 
     def feed(self, event: Event) -> None:
@@ -56,10 +74,12 @@ class ConversationState:
         if kind == "session_bound":
             self.session_id = event.get("session_id")
             self.cwd = event.get("cwd")
+            self.pending_cut = None
         elif kind == "forked":  # the first record of a fork: its session, cut at a turn
             self.session_id = event.get("session_id")
             self.cwd = event.get("cwd")
             self.resume_at = event.get("resume_at")
+            self.pending_cut = None
             source_turn = event.get("source_turn")
             if isinstance(source_turn, int):
                 self.next_turn = max(self.next_turn, source_turn + 1)
@@ -86,9 +106,16 @@ class ConversationState:
             self.open_turn = None
         elif kind == "turn_interrupted":
             self.interrupted = self.open_turn
+            self._cut(self.open_turn, "interrupted")
             self.open_turn = None
         elif kind == "turn_failed":
+            if event.get("reason") == WRITE_FAILED:
+                self._cut(self.open_turn, "write_failed")
             self.open_turn = None
+
+    def _cut(self, turn: OpenTurn | None, cause: str) -> None:
+        if turn is not None:
+            self.pending_cut = PendingCut(self.resume_at, turn.prompt_uuid, cause)
 
 
 class Conversation:

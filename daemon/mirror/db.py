@@ -58,7 +58,7 @@ from daemon.mirror.fold import (
     TurnState,
     fold_event,
 )
-from daemon.mirror.queries import ConversationSummary, DumpRow, Hit
+from daemon.mirror.queries import ConversationSummary, DayBounds, DumpRow, Hit
 from daemon.mirror.rows import BulkLoad
 from daemon.mirror.schema import (
     CONVERSATION_UPSERT,
@@ -203,7 +203,7 @@ class Mirror:
         row = self.db.execute("SELECT * FROM conversations WHERE name = ?", (name,)).fetchone()
         if row is not None:
             c.last_seq, c.session_id, c.cwd = row["last_seq"], row["session_id"], row["cwd"]
-            c.session_totals = json.loads(row["session_totals"])
+            c.costs.totals = json.loads(row["session_totals"])
             c.last_activity = row["last_activity"]
             c.forked_from, c.forked_turn = row["forked_from"], row["forked_turn"]
             c.forked_session = row["forked_session"]
@@ -390,6 +390,6 @@ class Mirror:
         """Turns whose prompt or reply match ``text``, best first (see :func:`queries.search`)."""
         return queries.search(self.db, text, limit, mark=mark, raw=raw)
 
-    def conversations(self, today: str | None = None) -> list[ConversationSummary]:
+    def conversations(self, today: DayBounds | None = None) -> list[ConversationSummary]:
         """One summary per conversation (see :func:`queries.conversations`)."""
         return queries.conversations(self.db, today)

@@ -59,11 +59,11 @@ class Job:
         idle = idle_interval(
             cfg.every, self.ledger.quiet_streak, after=cfg.idle_backoff, maximum=cfg.backoff_max
         )
-        runner = self.runner
-        if runner.failures == 0:
+        ledger = self.ledger
+        if ledger.failures == 0:
             return idle
-        auth = runner.last is not None and runner.last.reason == "auth_failed"
-        return max(idle, failure_interval(cfg.every, runner.failures, auth=auth))
+        auth = ledger.last_failure_reason == "auth_failed"
+        return max(idle, failure_interval(cfg.every, ledger.failures, auth=auth))
 
 
 def agent_spec(cfg: HeartbeatConfig, env: dict[str, str]) -> AgentSpec:
