@@ -50,14 +50,7 @@ from daemon.mirror.database import (
     recreate,
     run_script,
 )
-from daemon.mirror.fold import (
-    BOUNDARIES,
-    ConvState,
-    DeliveryState,
-    ToolState,
-    TurnState,
-    fold_event,
-)
+from daemon.mirror.fold import BOUNDARIES, fold_event
 from daemon.mirror.queries import ConversationSummary, DayBounds, DumpRow, Hit
 from daemon.mirror.rows import BulkLoad
 from daemon.mirror.schema import (
@@ -73,6 +66,7 @@ from daemon.mirror.schema import (
     TOOL_CALL_INSERT,
     TURN_UPSERT,
 )
+from daemon.mirror.state import ConvState, DeliveryState, ToolState, TurnState
 
 __all__ = ["Feed", "Mirror", "Sink"]
 

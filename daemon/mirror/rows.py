@@ -20,7 +20,7 @@ from daemon.journal.bulk import NotPlain, read_payloads
 from daemon.journal.framing import decode_payload
 from daemon.journal.keyring import Keyring
 from daemon.journal.scan import scan
-from daemon.mirror.fold import ConvState, DeliveryState, ToolState, TurnState, fold_event
+from daemon.mirror.fold import fold_event
 from daemon.mirror.schema import (
     CONVERSATION_INSERT,
     DELIVERY_INSERT,
@@ -28,6 +28,7 @@ from daemon.mirror.schema import (
     TOOL_CALL_INSERT,
     TURN_INSERT,
 )
+from daemon.mirror.state import ConvState, DeliveryState, ToolState, TurnState
 
 Row = tuple[Any, ...]
 
