@@ -98,11 +98,13 @@ class LoopbackModel:
     """The loopback model as a subprocess, with its control and stats endpoints.
 
     Started as ``python -m daemon.testing.devmodel`` (what ``vigil dev-model`` runs,
-    without importing the SDK: 0.1 s instead of 1.7 s of CPU)."""
+    without importing the SDK: 0.1 s instead of 1.7 s of CPU). ``slow_ms``: its pause
+    between streamed deltas (``--slow-ms``)."""
 
-    def __init__(self, *, start_timeout: float = 30.0) -> None:
+    def __init__(self, *, slow_ms: int = 0, start_timeout: float = 30.0) -> None:
+        argv = [sys.executable, "-m", "daemon.testing.devmodel", "--port", "0"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.testing.devmodel", "--port", "0"],
+            [*argv, "--slow-ms", str(slow_ms)] if slow_ms else argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
