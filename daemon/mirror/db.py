@@ -201,6 +201,7 @@ class Mirror:
             c.last_activity = row["last_activity"]
             c.forked_from, c.forked_turn = row["forked_from"], row["forked_turn"]
             c.forked_session = row["forked_session"]
+            c.paused_by, c.paused_until = row["paused_by"], row["paused_until"]
             open_row = self.db.execute(
                 "SELECT * FROM turns WHERE conversation = ? AND status = 'running' "
                 "ORDER BY turn DESC LIMIT 1",

@@ -52,8 +52,8 @@ def fold_event(c: ConvState, seq: int, ev: Event, loader: Loader) -> None:  # no
     step = c.costs.feed(ev)  # every result moves the running total (jobs.cost)
     if isinstance(at, str):
         c.last_activity = at
-    if kind in ("session_bound", "forked"):
-        _session(c, ev)
+    if kind in ("session_bound", "forked", "job_paused", "job_resumed"):
+        (_session if kind in ("session_bound", "forked") else _pause)(c, ev)
         return
     turn_no = ev.get("turn")
     if not isinstance(turn_no, int):
@@ -99,6 +99,14 @@ def fold_event(c: ConvState, seq: int, ev: Event, loader: Loader) -> None:  # no
             t.reason = ev.get("reason")
         if c.open is t:
             c.open = None
+
+
+def _pause(c: ConvState, ev: Event) -> None:
+    """``vigil pause`` / ``resume`` (or ``auto_pause_after``): no turn of its own."""
+    if ev.get("type") == "job_paused":
+        c.paused_by, c.paused_until = str(ev.get("by", "operator")), ev.get("until")
+    else:
+        c.paused_by = c.paused_until = None
 
 
 def _session(c: ConvState, ev: Event) -> None:

@@ -205,6 +205,8 @@ class ConvState:
     forked_from: str | None = None  # a fork's source conversation, turn and session
     forked_turn: int | None = None
     forked_session: str | None = None
+    paused_by: str | None = None  # "operator" or "auto" while a pause is journaled
+    paused_until: str | None = None  # its end (UTC ISO), None: until resumed
     open: TurnState | None = None  # started, not ended; kept across writes
     turns: dict[int, TurnState] = field(default_factory=dict)
     tools: dict[int, ToolState] = field(default_factory=dict)
@@ -233,4 +235,6 @@ class ConvState:
             self.forked_from,
             self.forked_turn,
             self.forked_session,
+            self.paused_by,
+            self.paused_until,
         )

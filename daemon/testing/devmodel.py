@@ -48,6 +48,7 @@ from daemon.testing.messages import (
     plan_reply,
     sse,
     stream_events,
+    user_texts,
 )
 from daemon.testing.wire import Request, read_request, status_head
 
@@ -205,6 +206,7 @@ class DevModelServer:
             return True
         last = latest_prompt(body["messages"])
         self.stats.record_prompt(last)
+        self.stats.last_seen = [" ".join(t.split()) for t in user_texts(body["messages"])]
         directives = parse_directives(last)
         if self.control.fail_next > 0:
             self.control.fail_next -= 1

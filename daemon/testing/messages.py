@@ -312,7 +312,8 @@ class DevModelStats:
     ``message_requests`` the calls to ``/v1/messages``; ``streamed`` those answered
     with an event stream (cut ones included); ``cut`` those cut off by ``[cut]``;
     ``failed`` those answered with an error status; ``last_prompts`` the last user
-    text of the last 20 message calls, oldest first.
+    text of the last 20 message calls, oldest first; ``last_seen`` every user turn's
+    text (whitespace collapsed) of the newest message call: what the model remembered.
     """
 
     requests: int = 0
@@ -322,6 +323,7 @@ class DevModelStats:
     cut: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
     last_prompts: list[str] = field(default_factory=list)
+    last_seen: list[str] = field(default_factory=list)
 
     def to_json(self) -> JsonDict:
         data = asdict(self)
