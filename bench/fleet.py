@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -57,7 +56,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -76,8 +74,9 @@ from bench.fleet_stats import (
     window_stats,
 )
 from daemon.durations import format_duration, parse_duration
-from daemon.journal.file import read_events
-from daemon.journal.keyring import Keyring, generate_key_file
+from daemon.journal.keyring import Keyring
+from daemon.journal.scan import read_events
+from daemon.testing.harness import Daemon, HarnessError, Job, LoopbackModel, Site, descendants
 from jobs.splay import first_beat_splay
 
 RSS_TARGET_GB = 4.0
@@ -87,8 +86,6 @@ _UNIT = timedelta(days=10_000)  # first_beat_splay(name, _UNIT) / _UNIT: the nam
 TRIAL_FRACTIONS = (0.8, 0.9, 1.0, 1.1, 1.2)  # of the probe's throughput, ascending
 FALLBACK_FRACTIONS = (0.6, 0.4)  # when even the first one fell behind
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-DROPPED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "VIGIL_CONFIG", "TMPDIR")
-DROPPED_PREFIXES = ("ANTHROPIC_", "CLAUDE_", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy")
 
 
 def log(message: str) -> None:
@@ -100,25 +97,6 @@ def load_average() -> str:
 
 
 # ---------------------------------------------------------------- processes
-
-
-def descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                kids = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
-            except OSError:
-                continue
-            found += map(int, kids)
-            todo += map(int, kids)
-    return found
 
 
 def memory_kb(pid: int) -> tuple[int, int]:
@@ -216,47 +194,6 @@ class TreeSampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-
-
-# ---------------------------------------------------------------- the model
-
-
-class LoopbackModel:
-    """``python -m daemon.testing.devmodel`` on 127.0.0.1 (what ``vigil dev-model`` runs)."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.testing.devmodel", "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        banner = self.proc.stdout.readline()
-        match = re.fullmatch(r"dev-model listening on (http://127\.0\.0\.1:\d+)\s*", banner)
-        if match is None:
-            self.stop()
-            raise SystemExit(f"dev-model did not start: {banner!r}")
-        self.url = match.group(1)
-
-    def stats(self) -> dict[str, Any]:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(self.url + "/_stats", timeout=10) as response:  # 127.0.0.1 only
-            answer: dict[str, Any] = json.loads(response.read())
-        return answer
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 # ---------------------------------------------------------------- one run
@@ -425,80 +362,27 @@ class RunResult:
         }
 
 
-def write_site(root: Path, spec: RunSpec) -> Path:
-    generate_key_file(root / "vigil.key")
-    (root / "agents").mkdir()
-    lines = [
-        "[daemon]",
-        'state_dir = "state"',
-        'runtime_dir = "run"',
-        'key_file = "vigil.key"',
-        'drain_grace = "10s"',
-        f"max_live_clients = {spec.max_live}",
-        f"max_concurrent_turns = {spec.max_turns}",
+def write_site(site: Site, spec: RunSpec) -> Path:
+    every, jitter = format_duration(spec.every), format_duration(spec.jitter)
+    jobs = [
+        Job(name, f"{name} checks in.", every=every, cwd="agents", extra={"jitter": jitter})
+        for name in spec.names()
     ]
-    for name in spec.names():
-        lines += [
-            "",
-            "[[heartbeat]]",
-            f'name = "{name}"',
-            f'every = "{format_duration(spec.every)}"',
-            f'jitter = "{format_duration(spec.jitter)}"',
-            f'prompt = "{name} checks in."',
-            'cwd = "agents"',
-        ]
-    config = root / "vigil.toml"
-    config.write_text("\n".join(lines) + "\n")
-    return config
-
-
-def daemon_env(model_url: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in DROPPED_ENV and not k.startswith(DROPPED_PREFIXES)
-    }
-    env.update(
-        {
-            "ANTHROPIC_BASE_URL": model_url,
-            "ANTHROPIC_API_KEY": "fleet-bench-key",
-            "NO_PROXY": "127.0.0.1",
-            "PYTHONUNBUFFERED": "1",
-        }
+    return site.write_config(
+        jobs,
+        drain_grace="10s",
+        max_live_clients=spec.max_live,
+        max_concurrent_turns=spec.max_turns,
     )
-    return env
 
 
-def wait_ready(proc: subprocess.Popen[bytes], stdout: Path, timeout: float) -> datetime:
-    deadline = time.monotonic() + timeout
-    offset = 0
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"vigil run exited with {proc.returncode} before READY")
-        with stdout.open() as stream:
-            stream.seek(offset)
-            chunk = stream.read()
-        complete = chunk[: chunk.rfind("\n") + 1]
-        offset += len(complete.encode())
-        for raw in complete.splitlines():
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(line, dict) and line.get("event") == "ready":
-                return parse_at(str(line["timestamp"]))
-        time.sleep(0.2)
-    raise SystemExit(f"no READY within {timeout}s")
-
-
-def stop_daemon(proc: subprocess.Popen[bytes]) -> int:
-    os.kill(proc.pid, signal.SIGTERM)
+def stop_daemon(daemon: Daemon) -> int:
     try:
-        return proc.wait(timeout=180)
-    except subprocess.TimeoutExpired:
+        return daemon.terminate(timeout=180)
+    except HarnessError:
         log("vigil run ignored SIGTERM for 180 s; killing its process group")
-        os.killpg(proc.pid, signal.SIGKILL)  # the group we created (start_new_session)
-        return proc.wait(timeout=30)
+        os.killpg(daemon.pid, signal.SIGKILL)  # the group the harness created for it
+        return daemon.proc.wait(timeout=30)
 
 
 def read_beats(root: Path, spec: RunSpec) -> dict[str, list[Beat]]:
@@ -545,8 +429,8 @@ def dispatch_lags(beats: dict[str, list[Beat]], planned: dict[str, datetime]) ->
 
 def run_once(spec: RunSpec, model: LoopbackModel, *, keep: bool) -> RunResult:
     root = Path(tempfile.mkdtemp(prefix="vigil-fleet-", dir="/tmp"))
-    config = write_site(root, spec)
-    stdout = root / "daemon.log"
+    site = Site(root, model, api_key="fleet-bench-key")
+    write_site(site, spec)
     load_before = load_average()
     requests_before = int(model.stats()["message_requests"])
     log(
@@ -554,31 +438,26 @@ def run_once(spec: RunSpec, model: LoopbackModel, *, keep: bool) -> RunResult:
         f"offered {spec.rate or spec.nominal_rate:.1f}/min; site {root}; load {load_before}"
     )
     started = time.monotonic()
-    with stdout.open("wb") as out, (root / "daemon.err").open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli.main", "run", "--config", str(config)],
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            env=daemon_env(model.url),
-            cwd=root,
-            start_new_session=True,
-        )
-    sampler = TreeSampler(proc.pid, model.proc.pid)
+    # The whole log goes to daemon.log; only READY is kept in memory.
+    daemon = site.start(
+        ready=False, log_path=root / "daemon.log", keep=lambda x: x.get("event") == "ready"
+    )
+    sampler = TreeSampler(daemon.pid, model.proc.pid)
     try:
-        ready = wait_ready(proc, stdout, timeout=600)
+        try:
+            ready = parse_at(str(daemon.wait_ready(timeout=600)["timestamp"]))
+        except HarnessError as exc:
+            raise SystemExit(f"vigil run did not get READY: {exc}") from None
         ready_s = time.monotonic() - started
         start = ready + spec.warmup
         end = start + spec.measure
-        wait_until(proc, end + timedelta(seconds=1), sampler)
+        wait_until(daemon.proc, end + timedelta(seconds=1), sampler)
         stopping = time.monotonic()
-        exit_code = stop_daemon(proc)
+        exit_code = stop_daemon(daemon)
         stop_s = time.monotonic() - stopping
     finally:
         sampler.stop()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        site.close(keep_logs=keep)
     beats = read_beats(root, spec)
     planned = planned_first_dues(spec, ready)
     cancelled = date_unstarted_first_beats(beats, planned)
@@ -613,7 +492,7 @@ def run_once(spec: RunSpec, model: LoopbackModel, *, keep: bool) -> RunResult:
     return result
 
 
-def wait_until(proc: subprocess.Popen[bytes], when: datetime, sampler: TreeSampler) -> None:
+def wait_until(proc: subprocess.Popen[str], when: datetime, sampler: TreeSampler) -> None:
     last_note = time.monotonic()
     while (left := (when - datetime.now(UTC)).total_seconds()) > 0:
         if proc.poll() is not None:

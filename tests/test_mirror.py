@@ -26,8 +26,9 @@ from daemon.events.heal import fold
 from daemon.journal.file import FsyncPolicy, Journal
 from daemon.journal.keyring import Keyring
 from daemon.journal.logstore import journal_path
-from daemon.mirror.db import Mirror, MirrorError, events_feed
-from daemon.mirror.rebuild import RebuildProgress, rebuild
+from daemon.mirror.database import MirrorError
+from daemon.mirror.db import Mirror
+from daemon.mirror.rebuild import RebuildProgress, events_feed, rebuild
 from daemon.mirror.workers import Job, RebuildWorkerError, WorkerPool
 from daemon.ops.verify import check_index
 from jobs.budget import local_day_bounds

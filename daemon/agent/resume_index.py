@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from daemon.agent.resume_view import last_boundary, resume_view
-from daemon.journal.file import scan
 from daemon.journal.framing import Frame, FrameError, decode_payload, open_line
 from daemon.journal.keyring import Keyring
+from daemon.journal.scan import scan
 
 __all__ = ["INDEX_SUFFIX", "ViewIndex", "ViewLoad", "load_view", "remove_index"]
 

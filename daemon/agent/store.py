@@ -46,9 +46,10 @@ from typing import TYPE_CHECKING, Any
 from daemon.agent.resume_index import INDEX_SUFFIX, ViewIndex, load_view, remove_index
 from daemon.errors import JournalFatalError, JournalWriteError
 from daemon.fsutil import ensure_private_dir, fsync_dir
-from daemon.journal.file import JOURNAL_SUFFIX, FsyncPolicy, Journal, scan
+from daemon.journal.file import JOURNAL_SUFFIX, FsyncPolicy, Journal
 from daemon.journal.framing import decode_payload, encode_payload, open_line
 from daemon.journal.keyring import Keyring
+from daemon.journal.scan import scan
 
 if TYPE_CHECKING:  # the SDK is imported where it is used (about a second; see agent.py)
     from claude_agent_sdk.types import (

@@ -19,10 +19,10 @@ from daemon.config.load import default_config_path, load_config
 from daemon.config.model import Config
 from daemon.errors import VigilError
 from daemon.events import Event
-from daemon.journal.file import scan
 from daemon.journal.framing import FrameError, decode_payload, open_line
 from daemon.journal.keyring import Keyring, resolve_key_path
 from daemon.journal.logstore import conversation_names
+from daemon.journal.scan import scan
 from daemon.layout import Layout
 from daemon.ops.history import existing_journal, tokens_short
 from daemon.runtime.control import SOCKET_NAME, DaemonNotRunning, call

@@ -21,7 +21,7 @@ from daemon.logs import get_logger
 from daemon.ports.eventlog import EventLog, EventLogStore
 
 if TYPE_CHECKING:
-    from daemon.runtime.recovery_read import Folded
+    from daemon.journal.recovery_read import Folded
 
 Listener = Callable[[str, int, Event], None]
 Timing = Callable[[str, float], None]  # ("append" | "sync", seconds)

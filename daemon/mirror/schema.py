@@ -2,6 +2,19 @@
 
 Bump :data:`SCHEMA_VERSION` on any change: a mirror from another version is dropped
 and rebuilt, never migrated (it is derived data).
+
+Tables:
+
+* ``conversations``: one row per journal: last sequence applied, session, last activity;
+  for a fork (``vigil fork``), the conversation, turn and session it was cut from
+* ``turns``: one row per turn (and per skipped beat, status ``skipped``), keyed by
+  ``(conversation, turn)``: status, prompt, reply, times, cost, tokens, session, reason
+* ``tool_calls`` (keyed by the ``tool_use`` record's sequence), ``skips`` (keyed by
+  the record's sequence, with the skip's extra facts), ``deliveries`` (one row per
+  reply and sink, keyed by its ``delivery`` id: the fence's last word, attempts, error)
+* ``turns_fts``: an FTS5 index over turns' prompts and replies (external content,
+  kept in step explicitly whenever a turn row is written or deleted, and built in one
+  pass after a full rebuild's inserts, see :meth:`daemon.mirror.db.Mirror.bulk_load`)
 """
 
 from __future__ import annotations

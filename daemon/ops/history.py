@@ -7,10 +7,10 @@ from pathlib import Path
 from daemon.config.model import Config
 from daemon.errors import UnknownJobError
 from daemon.events.heal import TOKEN_KEYS, ConversationView, ForkOrigin, TurnView, fold
-from daemon.journal.file import read_events
 from daemon.journal.keyring import Keyring
 from daemon.journal.lock import daemon_running
 from daemon.journal.logstore import conversation_names, journal_path
+from daemon.journal.scan import read_events
 from daemon.layout import Layout
 
 

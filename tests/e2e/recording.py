@@ -17,14 +17,11 @@ from typing import Any
 import pytest
 
 from daemon.runtime.control import SOCKET_NAME, call
-from daemon.testing.devmodel import (
-    DevModelServer,
-    Request,
-    estimate_input_tokens,
-    is_summary_request,
-    synthetic_tokens,
-)
-from tests.e2e.conftest import Daemon, Site
+from daemon.testing.devmodel import DevModelServer
+from daemon.testing.harness import Site
+from daemon.testing.messages import estimate_input_tokens, is_summary_request, synthetic_tokens
+from daemon.testing.process import Daemon
+from daemon.testing.wire import Request
 
 Body = dict[str, Any]
 

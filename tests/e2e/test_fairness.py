@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Job, Site
+from daemon.testing.harness import Job, Site
 
 pytestmark = pytest.mark.e2e
 

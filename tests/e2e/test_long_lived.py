@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Site
+from daemon.testing.harness import Site
 from tests.e2e.recording import (
     RecordingModel,
     input_tokens,

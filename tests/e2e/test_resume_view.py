@@ -24,7 +24,7 @@ import pytest
 from daemon.agent.sdk import AgentSession
 from daemon.agent.store import JournalSessionStore
 from daemon.ports.agent import AgentSpec, ConnectPlan
-from tests.e2e.conftest import Site
+from daemon.testing.harness import Site
 from tests.e2e.recording import RecordingModel, long_site, recording_model, run_beats, write_config
 
 __all__ = ["long_site", "recording_model"]  # fixtures, imported to be found by pytest
