@@ -42,14 +42,13 @@ from daemon.testing.messages import (
     apply_control,
     error_body,
     fault_position,
-    latest_prompt,
     message_json,
     parse_directives,
     plan_reply,
     sse,
     stream_events,
-    user_texts,
 )
+from daemon.testing.prompts import latest_prompt, user_texts
 from daemon.testing.wire import Request, read_request, status_head
 
 DELTA: Final = "content_block_delta"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from daemon.testing.harness import LoopbackModel, Site
-from daemon.testing.messages import preview
+from daemon.testing.prompts import preview
 
 REPLY = re.compile(r'^seen (\d+) user turns; first: "(.*)"; last: "(.*)"$')
 

@@ -19,8 +19,9 @@ import pytest
 from daemon.runtime.control import SOCKET_NAME, call
 from daemon.testing.devmodel import DevModelServer
 from daemon.testing.harness import Site
-from daemon.testing.messages import estimate_input_tokens, is_summary_request, synthetic_tokens
+from daemon.testing.messages import estimate_input_tokens
 from daemon.testing.process import Daemon
+from daemon.testing.prompts import is_summary_request, synthetic_tokens
 from daemon.testing.wire import Request
 
 Body = dict[str, Any]
