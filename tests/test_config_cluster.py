@@ -12,7 +12,7 @@ from daemon.config.cluster import ClusterConfig, DatabaseNotConfigured
 from daemon.config.load import load_config
 from daemon.config.problems import ConfigError
 
-SECRET = "hunter2-s3cret"
+SECRET = "hunter2-s3cret"  # noqa: S105 -- a made-up password the tests look for
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from daemon import events as ev
 from daemon.agent.store import JournalSessionStore
@@ -138,10 +138,17 @@ def translate(message: object, turn: int) -> list[Event]:
     return []
 
 
+class TranscriptStore(Protocol):
+    """The SDK's ``SessionStore`` as vigil implements it (files, or PostgreSQL), plus
+    the write failure the SDK swallowed for a session, if any."""
+
+    def take_failure(self, session_id: str) -> Exception | None: ...
+
+
 class AgentSession:
     """One conversation's SDK client. Use from one task at a time."""
 
-    def __init__(self, spec: AgentSpec, store: JournalSessionStore) -> None:
+    def __init__(self, spec: AgentSpec, store: TranscriptStore) -> None:
         self.spec = spec
         self.store = store
         self._client: ClaudeSDKClient | None = None
@@ -176,6 +183,9 @@ class AgentSession:
 
         options = self._options(plan)
         client = ClaudeSDKClient(options)
+        # Known before the CLI starts: a transcript store fenced per conversation
+        # (PostgreSQL) asks which conversation a session's first writes belong to.
+        self.session_id = plan.session_id
         try:
             await client.connect()
         except Exception as exc:  # the SDK raises several types here; all mean "no client"

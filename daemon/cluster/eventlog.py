@@ -294,12 +294,14 @@ class PgEventLogStore:
         leases: Leases,
         *,
         fsync: FsyncPolicy = FsyncPolicy.TURN,
+        statement_timeout_ms: int | None = None,
     ) -> PgEventLogStore:
         """A store on a connection of its own, set up for ``fsync``."""
         db = Database(
             dsn,
             application_name=f"vigil {leases.node} events",
             synchronous_commit=fsync is FsyncPolicy.ALWAYS,
+            statement_timeout_ms=statement_timeout_ms,
         )
         return cls(db, keyring, leases, fsync=fsync)
 

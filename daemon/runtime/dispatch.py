@@ -14,7 +14,7 @@ import asyncio
 from datetime import datetime
 
 from daemon.agent.pool import LeaseTimeout
-from daemon.errors import JournalFatalError, JournalWriteError
+from daemon.errors import JournalFatalError, JournalWriteError, OwnershipLost
 from daemon.events import Trigger
 from daemon.runtime.beats import BeatResult
 from daemon.runtime.context import Runtime
@@ -73,8 +73,11 @@ class Dispatcher:
         except JournalFatalError as exc:
             rt.health.die(exc)
             return False
-        except JournalWriteError as exc:
-            rt.health.degrade(name, exc)
+        except (JournalWriteError, OwnershipLost) as exc:
+            if isinstance(exc, OwnershipLost):
+                rt.health.lose(name, exc)
+            else:
+                rt.health.degrade(name, exc)
             return False
         self.spawn(name, job.config.prompt_text, trigger)
         return True
@@ -137,6 +140,9 @@ class Dispatcher:
         except JournalWriteError as exc:
             rt.health.degrade(job.name, exc)
             await runner.agent.disconnect()
+            return
+        except OwnershipLost as exc:  # another node took the conversation over
+            rt.health.lose(job.name, exc)
             return
         if rt.health.degraded is not None:
             rt.health.degraded = None
@@ -201,6 +207,8 @@ class Dispatcher:
             rt.health.die(exc)
         except JournalWriteError as exc:
             rt.health.degrade(job.name, exc)
+        except OwnershipLost as exc:  # fenced before the send: the new owner settles it
+            rt.health.lose(job.name, exc)
 
     def _show_reply(self, reply: Reply) -> None:
         self.rt.log.info(
