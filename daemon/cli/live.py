@@ -98,7 +98,42 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "beat":
         return cmd_beat(layout, args.name, as_json=args.json)
     keyring = Keyring.load(resolve_key_path(config.daemon.key_file))
+    if config.cluster is not None:
+        return cmd_cluster_tail(
+            config, keyring, args.name, args.lines, follow=args.follow, as_json=args.json
+        )
     return cmd_tail(config, keyring, args.name, args.lines, follow=args.follow, as_json=args.json)
+
+
+def cmd_cluster_tail(
+    config: Config, keyring: Keyring, name: str, lines: int, *, follow: bool, as_json: bool
+) -> int:
+    """``vigil tail`` on a cluster: the events from PostgreSQL, polled with ``-f``."""
+    from daemon.ops.cluster import ClusterReader  # noqa: PLC0415  # imports psycopg
+
+    def show(seq: int, event: Event) -> None:
+        _print_event(seq, event, as_json=as_json)
+
+    with ClusterReader(config, keyring) as reader:
+        try:
+            reader.tail(name, lines, show, follow=follow)
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+
+def _cluster_status(config: Config) -> dict[str, Any] | None:
+    """The database's view of the cluster, for ``vigil status`` without a local node."""
+    if config.cluster is None:
+        return None
+    from daemon.ops.cluster import ClusterReader  # noqa: PLC0415  # imports psycopg
+
+    keyring = Keyring.load(resolve_key_path(config.daemon.key_file))
+    try:
+        with ClusterReader(config, keyring) as reader:
+            return reader.status()
+    except VigilError as exc:
+        return {"database_error": str(exc)}
 
 
 def _call(layout: Layout, request: dict[str, Any]) -> dict[str, Any]:
@@ -116,6 +151,16 @@ def cmd_status(config: Config, layout: Layout, *, as_json: bool) -> int:
         answer = _call(layout, {"op": "status"})
     except NotRunning as exc:
         journals = conversation_names(layout.conversations)
+        cluster = _cluster_status(config)
+        if cluster is not None:  # a cluster: what the database says of it
+            if as_json:
+                print(json.dumps({"running": False, "reason": str(exc), "cluster": cluster}))
+            else:
+                from daemon.ops.cluster import print_cluster_status  # noqa: PLC0415
+
+                print(str(exc), file=sys.stderr)
+                print_cluster_status(cluster, sys.stdout)
+            return NOT_RUNNING
         if as_json:
             print(json.dumps({"running": False, "reason": str(exc), "conversations": journals}))
         else:
@@ -142,6 +187,10 @@ def cmd_status(config: Config, layout: Layout, *, as_json: bool) -> int:
             last += f" ({job['last_reason']})"
         state = "running" if job["running"] else f"next {job['next_beat'] or '-'}"
         print(f"  {job['name']:20} {state:40} last: {last:28} today ${job['spend_today_usd']:.4f}")
+    if status.get("cluster"):
+        from daemon.ops.cluster import print_cluster_status  # noqa: PLC0415  # imports psycopg
+
+        print_cluster_status(status["cluster"], sys.stdout)
     return 0
 
 

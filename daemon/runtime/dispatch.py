@@ -53,8 +53,8 @@ class Dispatcher:
         """A beat came due: run it, or journal why not. Returns whether it runs."""
         rt = self.rt
         job = rt.jobs.get(name)
-        if job is None or job.retired or rt.draining:
-            return False
+        if job is None or job.retired or job.handing_over or rt.draining:
+            return False  # (handed over: the next owner runs the beats it missed)
         try:
             blocked = self.blocked(job)
             if blocked is not None:

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 from collections.abc import Sequence
 from datetime import timedelta
@@ -119,6 +120,19 @@ class Fleet:
         if ready:
             daemon.wait_ready()
         return daemon
+
+    def vigil(self, node: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """``vigil ARGS --config NODE's config``, as an operator on that node runs it."""
+        config = str(self.root / node / "vigil.toml")
+        return subprocess.run(
+            vigil_argv(*args, "--config", config),
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            cwd=self.root,
+            timeout=60,
+            check=False,
+        )
 
     def all_runs(self) -> list[Daemon]:
         return [d for runs in self.runs.values() for d in runs]

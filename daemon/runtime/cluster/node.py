@@ -171,6 +171,8 @@ class ClusterNode:
                 self.waiting_for.pop(cfg.name, None)
                 if job is not None and not job.retired and target is not None:
                     self.hand_over(job, target)
+            if target == self.name and job is not None:
+                job.handing_over = False  # placed back here before it left
 
     # --- opening, handing over, losing ---------------------------------------------------
 
@@ -224,6 +226,7 @@ class ClusterNode:
         """Close a conversation placed on another node, between turns only."""
         rt = self.rt
         if job.runner.busy or job.name in rt.waiting or job.tasks:
+            job.handing_over = True  # no new beat starts; the next owner catches up
             return False  # a turn or a delivery is running: at a later tick
         self._detach(job)
         try:
