@@ -68,6 +68,9 @@ class ClusterNode:
         self.nodes: list[NodeInfo] = []
         self.waiting_for: dict[str, str] = {}  # placed here, another node's lease runs
         self.refused: dict[str, str] = {}  # could not be opened here (until a reload)
+        # Left this node, its client still closing: not opened again until it is
+        # gone (a closing client may still flush transcript lines for its session).
+        self.finishing: set[str] = set()
         self.database_error: str | None = None
         rt.health.on_lost = self.lose
 
@@ -165,7 +168,7 @@ class ClusterNode:
             target = owner_of(cfg.name, names, eligible)
             job = rt.jobs.get(cfg.name)
             if target == self.name:
-                if job is None and cfg.name not in self.refused:
+                if job is None and cfg.name not in self.refused and cfg.name not in self.finishing:
                     self.adopt(cfg)
             else:
                 self.waiting_for.pop(cfg.name, None)
@@ -229,21 +232,35 @@ class ClusterNode:
             job.handing_over = True  # no new beat starts; the next owner catches up
             return False  # a turn or a delivery is running: at a later tick
         self._detach(job)
-        try:
-            job.runner.conversation.close()  # synced, lease released
-        except VigilError as exc:  # lost meanwhile, or the database is gone: it expires
-            self.log.warning("conversation_close_failed", job=job.name, error=str(exc))
-        self.log.info("conversation_handed_over", job=job.name, to=target)
-        rt.background(job.runner.agent.disconnect(), f"disconnect:{job.name}")
+        self.finishing.add(job.name)
+        rt.background(self._finish_handover(job, target), f"handover:{job.name}")
         return True
+
+    async def _finish_handover(self, job: Job, target: str) -> None:
+        """The client goes first (its last transcript lines reach the store under this
+        node's lease), then the lease is released: the next owner resumes all of it."""
+        try:
+            await job.runner.agent.disconnect()
+            try:
+                job.runner.conversation.close()  # synced, lease released
+            except VigilError as exc:  # lost meanwhile, or the database is gone: expires
+                self.log.warning("conversation_close_failed", job=job.name, error=str(exc))
+            else:
+                self.log.info("conversation_handed_over", job=job.name, to=target)
+        finally:
+            self.finishing.discard(job.name)
 
     def lose(self, name: str, exc: OwnershipLost | None) -> None:
         """Another node owns ``name`` now: stop its CLI at once, cancel its beat."""
         rt = self.rt
         job = rt.jobs.get(name)
         if job is None or job.retired:
-            return
+            return  # (a late report of a job that already left)
+        epoch = getattr(job.runner.conversation.journal, "epoch", None)
+        if exc is not None and exc.epoch not in (epoch, 0):
+            return  # a write of an earlier lease of this conversation, already left
         self._detach(job)
+        self.finishing.add(name)
         self.log.warning(
             "ownership_lost",
             job=name,
@@ -263,11 +280,14 @@ class ClusterNode:
         rt.background(self._finish_lost(job, pending), f"lost:{name}")
 
     async def _finish_lost(self, job: Job, pending: list[asyncio.Task[None]]) -> None:
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        await job.runner.agent.disconnect()
-        with contextlib.suppress(VigilError):  # fenced: nothing to sync, nothing to release
-            job.runner.conversation.close()
+        try:
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            await job.runner.agent.disconnect()
+            with contextlib.suppress(VigilError):  # fenced: nothing to sync or release
+                job.runner.conversation.close()
+        finally:
+            self.finishing.discard(job.name)
 
     def _detach(self, job: Job) -> None:
         """The job leaves this node's runtime: no schedule, no pool slot."""
