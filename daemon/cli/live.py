@@ -122,18 +122,22 @@ def cmd_cluster_tail(
     return 0
 
 
-def _cluster_status(config: Config) -> dict[str, Any] | None:
-    """The database's view of the cluster, for ``vigil status`` without a local node."""
-    if config.cluster is None:
-        return None
-    from daemon.ops.cluster import ClusterReader  # noqa: PLC0415  # imports psycopg
+def _cluster_not_running(config: Config, reason: str, *, as_json: bool) -> int:
+    """``vigil status`` without a local node: the database's view of the cluster."""
+    from daemon.ops.cluster import ClusterReader, print_cluster_status  # noqa: PLC0415
 
     keyring = Keyring.load(resolve_key_path(config.daemon.key_file))
     try:
         with ClusterReader(config, keyring) as reader:
-            return reader.status()
+            cluster = reader.status()
     except VigilError as exc:
-        return {"database_error": str(exc)}
+        cluster = {"database_error": str(exc)}
+    if as_json:
+        print(json.dumps({"running": False, "reason": reason, "cluster": cluster}))
+    else:
+        print(reason, file=sys.stderr)
+        print_cluster_status(cluster, sys.stdout)
+    return NOT_RUNNING
 
 
 def _call(layout: Layout, request: dict[str, Any]) -> dict[str, Any]:
@@ -151,16 +155,8 @@ def cmd_status(config: Config, layout: Layout, *, as_json: bool) -> int:
         answer = _call(layout, {"op": "status"})
     except NotRunning as exc:
         journals = conversation_names(layout.conversations)
-        cluster = _cluster_status(config)
-        if cluster is not None:  # a cluster: what the database says of it
-            if as_json:
-                print(json.dumps({"running": False, "reason": str(exc), "cluster": cluster}))
-            else:
-                from daemon.ops.cluster import print_cluster_status  # noqa: PLC0415
-
-                print(str(exc), file=sys.stderr)
-                print_cluster_status(cluster, sys.stdout)
-            return NOT_RUNNING
+        if config.cluster is not None:  # a cluster: what the database says of it
+            return _cluster_not_running(config, str(exc), as_json=as_json)
         if as_json:
             print(json.dumps({"running": False, "reason": str(exc), "conversations": journals}))
         else:
@@ -186,7 +182,15 @@ def cmd_status(config: Config, layout: Layout, *, as_json: bool) -> int:
         if job["last_reason"]:
             last += f" ({job['last_reason']})"
         state = "running" if job["running"] else f"next {job['next_beat'] or '-'}"
-        print(f"  {job['name']:20} {state:40} last: {last:28} today ${job['spend_today_usd']:.4f}")
+        line = f"  {job['name']:20} {state:40} last: {last:28} today ${job['spend_today_usd']:.4f}"
+        if job.get("paused"):
+            until = job.get("paused_until")
+            line += f"  paused ({job.get('paused_by')})" + (f" until {until}" if until else "")
+        if job.get("failure_streak"):
+            line += f"  {job['failure_streak']} failed in a row"
+        if job.get("queued_messages"):
+            line += f"  {job['queued_messages']} queued"
+        print(line)
     if status.get("cluster"):
         from daemon.ops.cluster import print_cluster_status  # noqa: PLC0415  # imports psycopg
 

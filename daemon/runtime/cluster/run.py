@@ -105,6 +105,7 @@ class ClusterRun:
         preload_sdk()  # before READY: no beat stalls the loop importing it
         control = ControlServer(sup.layout.runtime_dir / SOCKET_NAME, sup)
         await control.start()
+        metrics = await sup._start_metrics()
         sup.status_extra = node.status
         sup.notifier.notify("READY=1\nSTATUS=" + status_line(rt))
         sup.log.info("ready", node=node.name, jobs=sorted(j.name for j in rt.config.heartbeats))
@@ -122,6 +123,8 @@ class ClusterRun:
         await sup._drain(rt)  # closes every conversation: their leases are released
         node.leave()
         await control.stop()
+        if metrics is not None:
+            await metrics.stop()
         if watchdog is not None:
             watchdog.cancel()
         if sup.health.fatal is not None:
