@@ -28,6 +28,7 @@ from pydantic_core import PydanticCustomError
 
 from daemon.durations import format_duration, parse_duration
 from jobs.hours import ActiveHours
+from jobs.urls import check_header_name, check_header_value, check_url
 
 DEFAULT_CONFIG_PATH = Path("/etc/vigil/vigil.toml")
 JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -215,9 +216,20 @@ def _active_hours(value: str) -> str:
 
 
 def _url(value: str) -> str:
-    scheme, _, rest = value.partition("://")
-    if scheme not in ("http", "https") or not rest.split("/")[0]:
-        raise _fail(f"bad url {value!r}: expected http://host[:port]/path or https://...")
+    problem = check_url(value)  # names the URL redacted: its path may hold a token
+    if problem is not None:
+        raise _fail(problem)
+    return value
+
+
+def _headers(value: dict[str, str]) -> dict[str, str]:
+    for name, text in value.items():
+        problem = check_header_name(name)
+        if problem is not None:
+            raise _fail(problem)
+        problem = check_header_value(text)  # never quotes a value: it may be a token
+        if problem is not None:
+            raise _fail(problem, loc=(name,))
     return value
 
 

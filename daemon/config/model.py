@@ -51,6 +51,7 @@ from daemon.config.fields import (
     _at_least,
     _fail,
     _file_sink_path,
+    _headers,
     _job_name,
     _prompt_file,
     _sink_name,
@@ -135,7 +136,7 @@ class SinkConfig(BaseModel):
     path: Annotated[Path, BeforeValidator(_file_sink_path)] | None = None
     command: Annotated[list[Text], Field(min_length=1)] | None = None
     url: Annotated[str, AfterValidator(_url)] | None = None
-    headers: dict[str, str] | None = None
+    headers: Annotated[dict[str, str], AfterValidator(_headers)] | None = None
     timeout: Annotated[Duration, _at_least(timedelta(milliseconds=1), "must be positive")] = (
         _DEFAULT_SINK_TIMEOUT
     )

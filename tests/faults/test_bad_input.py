@@ -385,10 +385,53 @@ CONFIG_CASES = [
     ConfigCase(
         "webhook-not-http",
         (
-            "heartbeat[inbox].sink[#1].url: bad url 'ftp://example.org/hook': expected "
+            "heartbeat[inbox].sink[#1].url: bad url ftp://example.org/…: expected "
             "http://host[:port]/path or https://...",
         ),
         jobs=DEFAULT_JOB + '[[heartbeat.sink]]\ntype = "webhook"\nurl = "ftp://example.org/hook"\n',
+    ),
+    # Secrets in webhook URLs and headers: an error names the URL redacted (the path
+    # holds a Slack or Discord token), never a header's value.
+    ConfigCase(
+        "webhook-with-userinfo",
+        (
+            "heartbeat[inbox].sink[#1].url: bad url https://hooks.example.org/…: a user name or "
+            "password in the URL is refused (it would be sent and shown in clear); put "
+            "credentials in headers",
+        ),
+        jobs=DEFAULT_JOB
+        + '[[heartbeat.sink]]\ntype = "webhook"\n'
+        + 'url = "https://bot:hunter2@hooks.example.org/services/T0/B0/SECRET"\n',
+    ),
+    ConfigCase(
+        "webhook-bad-port",
+        (
+            "heartbeat[inbox].sink[#1].url: bad url https://hooks.example.org:70000/…: the port "
+            "must be a number from 1 to 65535",
+        ),
+        jobs=DEFAULT_JOB
+        + '[[heartbeat.sink]]\ntype = "webhook"\n'
+        + 'url = "https://hooks.example.org:70000/services/T0/B0/SECRET"\n',
+    ),
+    ConfigCase(
+        "webhook-bad-header-name",
+        (
+            "heartbeat[inbox].sink[#1].headers: bad header name 'X Token': use letters, digits "
+            "and !#$%&'*+-.^_`|~ (no spaces or colons)",
+        ),
+        jobs=DEFAULT_JOB
+        + '[[heartbeat.sink]]\ntype = "webhook"\nurl = "https://hooks.example.org/x"\n'
+        + 'headers = { "X Token" = "SECRET" }\n',
+    ),
+    ConfigCase(
+        "webhook-header-value-with-newline",
+        (
+            "heartbeat[inbox].sink[#1].headers.Authorization: the value contains a line break "
+            "or control character (not shown)",
+        ),
+        jobs=DEFAULT_JOB
+        + '[[heartbeat.sink]]\ntype = "webhook"\nurl = "https://hooks.example.org/x"\n'
+        + 'headers = { Authorization = "Bearer SECRET\\r\\nX-Evil: 1" }\n',
     ),
     ConfigCase(
         "toml-syntax-error",
@@ -427,6 +470,7 @@ def test_a_broken_config_is_refused_with_one_clear_line_per_problem(
     lines = [f"{path}: {p.replace('{etc}', str(etc.dir))}" for p in case.problems]
     assert (done.returncode, done.stderr) == (CONFIG_ERROR, error_lines(*lines))
     assert done.stdout == ""
+    assert "SECRET" not in done.stderr and "hunter2" not in done.stderr
     assert etc.tree() == before  # no state or runtime directory, lock, journal or mirror
 
 
