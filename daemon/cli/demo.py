@@ -160,6 +160,9 @@ def write_config(root: Path) -> Path:
         'key_file = "vigil.key"',
         'turn_timeout = "30s"',
         'drain_grace = "3s"',
+        # A throwaway daemon whose conversation is the show: its log lines carry the
+        # text (a real daemon logs sizes only unless the operator opts in).
+        "log_content = true",
         "",
     ]
     for name, (every, prompt) in JOBS.items():

@@ -212,7 +212,7 @@ def cmd_run(config_path: Path | None) -> int:
     # Agent SDK (most of a second), which a refused start and the other commands skip.
     from daemon.runtime.supervisor import Supervisor  # noqa: PLC0415
 
-    configure_logging(config.daemon.log_format)
+    configure_logging(config.daemon.log_format, log_content=config.daemon.log_content)
     supervisor = Supervisor(config, keyring, SystemdNotifier(), config_path=path)
     return asyncio.run(supervisor.run())
 

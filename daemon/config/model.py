@@ -76,6 +76,9 @@ class DaemonConfig(BaseModel):
     key_file: ConfigPath = Path("/etc/vigil/vigil.key")
     fsync: FsyncPolicy = "turn"
     log_format: LogFormat = "json"
+    # Conversation text (prompts, deltas, replies) in the log lines: off, because under
+    # systemd the log is journald, on disk in plaintext. `vigil tail -f` shows it.
+    log_content: bool = False
     turn_timeout: Timeout = timedelta(minutes=10)
     drain_grace: Duration = timedelta(seconds=30)
     model_max_retries: Annotated[int, Field(ge=0)] = 1

@@ -482,12 +482,15 @@ class Site:
         path.mkdir(exist_ok=True)
         return path
 
-    def write_config(self, jobs: Sequence[Job], **daemon: str | int) -> Path:
-        settings: dict[str, str | int] = {
+    def write_config(self, jobs: Sequence[Job], **daemon: str | int | bool) -> Path:
+        settings: dict[str, str | int | bool] = {
             "state_dir": "state",
             "runtime_dir": "run",
             "key_file": "vigil.key",
             "drain_grace": "5s",
+            # The tests read prompts, deltas and replies from the log lines; a daemon
+            # logs them only when the operator opts in (test_at_rest checks the default).
+            "log_content": True,
             **daemon,
         }
         out = ["[daemon]", *(f"{k} = {toml_value(v)}" for k, v in settings.items())]
