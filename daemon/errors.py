@@ -183,3 +183,32 @@ class UnknownJobError(VigilError, KeyError):
     def __str__(self) -> str:
         known = ", ".join(self.known) if self.known else "none are configured"
         return f"no heartbeat job named {self.name!r} (jobs: {known})"
+
+
+class UntrustedPathError(VigilError):
+    """A directory or file vigil would trust is owned by another user, writable by
+    others, or in the wrong place (``key`` names it in the config)."""
+
+    exit_code = 2
+
+    def __init__(self, path: Path, key: str, problem: str, config: Path | None = None) -> None:
+        self.path = path
+        self.key = key
+        self.problem = problem
+        self.config = config
+        where = f"{config}: {key}" if config is not None else key
+        super().__init__(f"{where}: {path} {problem}; refusing to use it")
+
+
+class RuntimeDirBusyError(VigilError):
+    """Another vigil runs with this runtime directory (its own state directory)."""
+
+    exit_code = 7
+
+    def __init__(self, runtime_dir: Path, holder: str) -> None:
+        self.runtime_dir = runtime_dir
+        self.holder = holder
+        super().__init__(
+            f"another vigil{(' (' + holder + ')') if holder else ''} is already running with "
+            f"runtime directory {runtime_dir}; give each daemon its own runtime_dir"
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -22,15 +23,18 @@ from daemon.events import Event
 from daemon.journal.file import scan
 from daemon.journal.framing import FrameError, decode_payload, open_line
 from daemon.journal.keyring import Keyring, resolve_key_path
+from daemon.journal.lock import LOCK_NAME
 from daemon.journal.logstore import conversation_names
 from daemon.layout import Layout
 from daemon.ops.history import existing_journal
 from daemon.runtime.control import SOCKET_NAME, DaemonNotRunning, call
+from daemon.trust import own_file
 
 COMMANDS = frozenset({"status", "beat", "tail"})
 NOT_RUNNING = 9
 BEAT_REFUSED = 10
 FOLLOW_POLL_S = 0.2
+CALL_TIMEOUT_S = 5.0
 
 
 class BeatRefused(VigilError):
@@ -103,12 +107,32 @@ def run(args: argparse.Namespace) -> int:
 
 def _call(layout: Layout, request: dict[str, Any]) -> dict[str, Any]:
     path = layout.runtime_dir / SOCKET_NAME
+    if os.path.lexists(path) and not own_file(path, stat.S_IFSOCK):
+        raise NotRunning(
+            path, "not a socket this user made (a symlink, or another owner); not used"
+        )
     try:
-        return call(path, request)
+        return call(path, request, timeout=CALL_TIMEOUT_S)
     except DaemonNotRunning as exc:
         raise NotRunning(path, str(exc).rsplit("(", 1)[-1].rstrip(")")) from None
     except PermissionError:
         raise NotRunning(path, "permission denied: run as the daemon's user") from None
+    except (TimeoutError, OSError, ValueError, RecursionError) as exc:
+        # A daemon that is stopped (SIGSTOP) or hung accepts the connection (the kernel
+        # does) and never answers: one line, exit 9, never a traceback.
+        holder = _lock_holder(layout)
+        raise NotRunning(
+            path,
+            f"the daemon{(' (pid ' + holder + ')') if holder else ''} did not answer within "
+            f"{CALL_TIMEOUT_S:g}s: stopped or hung? ({type(exc).__name__})",
+        ) from None
+
+
+def _lock_holder(layout: Layout) -> str:
+    try:
+        return (layout.state_dir / LOCK_NAME).read_text().strip()
+    except OSError:
+        return ""
 
 
 def cmd_status(config: Config, layout: Layout, *, as_json: bool) -> int:

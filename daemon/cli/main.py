@@ -22,6 +22,7 @@ from daemon.journal.keyring import Keyring, generate_key_file, resolve_key_path,
 from daemon.layout import Layout
 from daemon.logs import configure_logging
 from daemon.ops.history import existing_journal, load_conversation, render_history
+from daemon.trust import check_config_dir, secrets_exposed
 
 EXIT_CODES = """\
 exit codes:
@@ -32,9 +33,9 @@ exit codes:
   4  journal corrupt or from a newer vigil
   5  journal write failed (disk full?)
   6  fsync failed: exited without acknowledging the record
-  7  another vigil already runs on this state directory
+  7  another vigil already runs on this state directory (or this runtime directory)
   8  verify found a damaged journal record or a mirror that differs from the journals
-  9  no daemon is running (status, beat)
+  9  no daemon is running, or it did not answer in time (status, beat)
  10  the daemon refused the beat (a turn of that conversation is running, or it was skipped)
  11  fork refused: NEW_NAME already has a journal (or is a job with another cwd), TURN is
      not a completed turn of NAME, or NAME has no completed turn
@@ -207,7 +208,12 @@ def cmd_run(config_path: Path | None) -> int:
     from daemon.runtime.notify import SystemdNotifier  # noqa: PLC0415
 
     path = config_path or default_config_path()
+    check_config_dir(path)  # nothing is read from a directory others can write
     config, keyring = _load(path)
+    webhooks = any(s.type == "webhook" for j in config.heartbeats for _, s in j.sinks)
+    warning = secrets_exposed(path, webhooks)
+    if warning is not None:
+        print(f"vigil: warning: {warning}", file=sys.stderr)
     # Imported once the config and key are known good: the supervisor pulls in the
     # Agent SDK (most of a second), which a refused start and the other commands skip.
     from daemon.runtime.supervisor import Supervisor  # noqa: PLC0415

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import pwd
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ from daemon.mirror.db import ConversationSummary, Hit, Mirror
 from daemon.mirror.rebuild import RebuildProgress, RebuildStats, rebuild
 from daemon.ops.reencrypt import rotate_and_reencrypt
 from daemon.ops.verify import verify
+from daemon.trust import own_file
 
 VERIFY_FAILED = 8
 PARALLEL_BYTES = 32 << 20  # below this, starting worker processes costs more than it saves
@@ -255,12 +257,15 @@ def cmd_verify(config: Config, *, as_json: bool) -> int:
 def _reader(config: Config) -> Iterator[Mirror]:
     """The live mirror read-only; without one, a mirror built in memory from the journals."""
     path = config.daemon.mirror_file
-    if path.exists():
+    if own_file(path, stat.S_IFREG):
         mirror = Mirror.open(path, readonly=True)
     else:
-        print(
-            f"vigil: no mirror at {path} (daemon stopped?); reading the journals", file=sys.stderr
+        why = (
+            "(what is there is not a file this user made: a symlink or another owner's)"
+            if os.path.lexists(path)
+            else "(daemon stopped?)"
         )
+        print(f"vigil: no mirror at {path} {why}; reading the journals", file=sys.stderr)
         mirror = Mirror.open(":memory:")
         stats = rebuild(mirror, _layout(config).conversations, _keyring(config))
         for error in stats.errors:

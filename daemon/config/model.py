@@ -103,6 +103,12 @@ class DaemonConfig(BaseModel):
                 "must differ from state_dir: the runtime directory is wiped at reboot",
                 loc=("runtime_dir",),
             )
+        if self.runtime_dir.is_relative_to(self.state_dir):
+            raise _fail(
+                f"must not be inside state_dir {self.state_dir}: the runtime directory holds "
+                "plaintext and is wiped, the state directory is kept",
+                loc=("runtime_dir",),
+            )
         if self.state_dir.is_relative_to(self.runtime_dir):
             raise _fail(
                 f"must not be inside runtime_dir {self.runtime_dir}, which is wiped at "

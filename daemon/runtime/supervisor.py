@@ -16,6 +16,7 @@ import asyncio
 import faulthandler
 import os
 import signal
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from daemon.config.model import Config
 from daemon.errors import DirectoryError
 from daemon.journal.file import FsyncPolicy
 from daemon.journal.keyring import Keyring
-from daemon.journal.lock import StateLock
+from daemon.journal.lock import RuntimeLock, StateLock
 from daemon.journal.logstore import FileEventLogStore
 from daemon.layout import Layout
 from daemon.logs import get_logger
@@ -43,6 +44,7 @@ from daemon.runtime.reloading import Reloader
 from daemon.runtime.scheduler import BeatScheduler
 from daemon.runtime.scheduling import Scheduling
 from daemon.runtime.status import status_line, status_snapshot
+from daemon.trust import check_data_dirs, remove_planted, tighten
 
 MIRROR_FLUSH_S = 0.5
 
@@ -75,6 +77,7 @@ class Supervisor:
         self._make_agent = make_agent
         self._signals = 0
         self._lock = StateLock(self.layout.state_dir)
+        self._runtime_lock = RuntimeLock(self.layout.runtime_dir)
         self._scheduler = BeatScheduler(self._on_due)
         self.rt: Runtime | None = None
 
@@ -89,14 +92,29 @@ class Supervisor:
         # Owner-only for everything this process and its CLI children create, whatever
         # umask we were started with (conversation text must not be group-readable).
         os.umask(0o077)
+        layout = self.layout
+        check_data_dirs(layout.state_dir, layout.runtime_dir, self.config_path)
         try:
-            self.layout.create()
+            layout.create()
             self._lock.acquire()
         except OSError as exc:
             raise self._directory_error(exc) from None
         try:
+            self._runtime_lock.acquire()  # after the state lock: its refusal names a pid
+        except OSError as exc:
+            self._lock.release()
+            raise self._directory_error(exc) from None
+        except BaseException:
+            self._lock.release()
+            raise
+        try:
+            for path in (layout.state_dir, layout.runtime_dir):
+                was = tighten(path)
+                if was is not None:
+                    self.log.warning("directory_tightened", path=str(path), mode=f"{was:04o}")
             return await self._run_locked()
         finally:
+            self._runtime_lock.release()
             self._lock.release()
 
     def _directory_error(self, exc: OSError) -> DirectoryError:
@@ -153,6 +171,10 @@ class Supervisor:
         self.layout.adopt_tmpdir()
         for leftover in self.layout.remove_resume_leftovers():
             self.log.info("removed_resume_leftover", path=str(leftover))
+        mirror_file = self.config.daemon.mirror_file
+        for path in (mirror_file, *(Path(f"{mirror_file}{x}") for x in ("-wal", "-shm"))):
+            if remove_planted(path, stat.S_IFREG):  # never open what someone else put there
+                self.log.warning("removed_planted_file", path=str(path))
         rt = self.rt = self._wire()
         mirror = self.mirror
         replays = self.recovery.recover()
