@@ -364,6 +364,14 @@ CONFIG_CASES = [
         raw='[daemon]\nstate_dir = "run/state"\nruntime_dir = "run"\nkey_file = "vigil.key"\n',
     ),
     ConfigCase(
+        "runtime-dir-inside-state-dir",
+        (
+            "daemon.runtime_dir: must not be inside state_dir {etc}/var: the runtime directory "
+            "holds plaintext and is wiped, the state directory is kept",
+        ),
+        raw='[daemon]\nstate_dir = "var"\nruntime_dir = "var/run"\nkey_file = "vigil.key"\n',
+    ),
+    ConfigCase(
         "tilde-path",
         ("daemon.key_file: '~/vigil.key': '~' is not expanded here; write the full path",),
         raw='[daemon]\nstate_dir = "/var/lib/x"\nruntime_dir = "/run/x"\n'
