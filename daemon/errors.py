@@ -48,14 +48,22 @@ class JournalCorruptError(VigilError):
 
     exit_code = 4
 
-    def __init__(self, path: Path, line: int, seq: int | None, problem: str) -> None:
+    def __init__(
+        self, path: Path, line: int, seq: int | None, problem: str, *, last: bool = False
+    ) -> None:
         self.path = path
         self.line = line
         self.seq = seq
         self.problem = problem
+        self.last = last
         where = f"line {line}" + (f" (sequence {seq})" if seq is not None else "")
+        why = (
+            "it is a complete line (with its newline), which a crash mid-write cannot leave"
+            if last
+            else "records after it are intact"
+        )
         super().__init__(
-            f"journal {path}: {where}: {problem}; records after it are intact, so this "
+            f"journal {path}: {where}: {problem}; {why}, so this "
             "is corruption or tampering, not a torn write. Nothing was changed; restore "
             "the file from a backup or move it aside to start that conversation afresh"
         )

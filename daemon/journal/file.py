@@ -9,9 +9,10 @@ Contract of :class:`Journal`:
 * A failed write is rolled back to the last complete record (``JournalWriteError``);
   if that is impossible, or an fsync fails, the journal is dead and every later call
   raises ``JournalFatalError``: the process must exit, never retry on the descriptor.
-* ``open`` recovers: a torn tail (incomplete, unparseable or unauthenticated last
-  lines) is copied aside as ``<file>.broken-<UTC timestamp>`` and cut off; damage
-  followed by good records raises ``JournalCorruptError`` and changes nothing.
+* ``open`` recovers: a torn tail (an incomplete last line, or unparseable bytes) is
+  copied aside as ``<file>.broken-<UTC timestamp>`` and cut off; damage followed by
+  good records, and a complete record (with its newline) that fails to authenticate,
+  raise ``JournalCorruptError`` and change nothing: a crash cannot leave them.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def scan(
     count = 0
     first_bad: tuple[int, int, FrameError | None, str] | None = None
     damaged: list[tuple[int, bytes]] = []  # the lines from first_bad on
+    forged: tuple[int, FrameError] | None = None  # the first complete line failing auth
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             start, offset = offset, offset + len(raw)
@@ -121,6 +123,8 @@ def scan(
                 _raise_if_never_torn(path, lineno, err, keyring)
                 if first_bad is None:
                     first_bad = (lineno, start, err, str(err))
+                if forged is None and err.problem is FrameProblem.AUTH:
+                    forged = (lineno, err)
                 damaged.append((lineno, raw))
                 continue
             if first_bad is not None:
@@ -146,6 +150,13 @@ def scan(
             # Not one record authenticates: this is the wrong key, not a torn write.
             raise WrongKeyError(path, tail_err.key_id or "?", keyring.source)
         _raise_if_record_inside(path, stream_id, keyring, damaged, last_seq)
+        if forged is not None:
+            # A record is written in one call, its newline last: a crash leaves at most
+            # an incomplete last line (or garbage the file system never wrote, which is
+            # cut off and kept aside). A complete record that fails to authenticate was
+            # changed after it was written: corruption, never a torn tail to cut.
+            bad_line, bad = forged
+            raise JournalCorruptError(path, bad_line, bad.seq, str(bad), last=True)
         tail = Tail(line, start, reason)
     return ScanResult(count, last_seq, good_end, tail)
 
