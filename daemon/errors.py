@@ -220,3 +220,33 @@ class RuntimeDirBusyError(VigilError):
             f"another vigil{(' (' + holder + ')') if holder else ''} is already running with "
             f"runtime directory {runtime_dir}; give each daemon its own runtime_dir"
         )
+
+
+class HeadsError(VigilError):
+    """``state_dir/heads`` (the commitment to every journal's head) is unusable."""
+
+    exit_code = 4
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(
+            f"{path}: {problem}; it commits to how far each journal reaches. Restore it "
+            "from a backup, or delete it to commit to the journals as they are"
+        )
+
+
+class JournalRollbackError(VigilError):
+    """Journals are behind their committed heads: records or files were removed."""
+
+    exit_code = 4
+
+    def __init__(self, heads: Path, problems: Sequence[str]) -> None:
+        self.heads = heads
+        self.problems = list(problems)
+        listed = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(
+            f"journals in {heads.parent} are behind what {heads} committed to (truncation "
+            f"or rollback); nothing was changed:\n{listed}\nRestore them from a backup; "
+            f"if they were removed or restored on purpose, delete {heads} and start again"
+        )

@@ -36,7 +36,7 @@ def ensure_private_dir(path: Path) -> Path:
 
 
 def write_file_atomically(
-    path: Path, data: bytes, *, mode: int = FILE_MODE, overwrite: bool = True
+    path: Path, data: bytes, *, mode: int = FILE_MODE, overwrite: bool = True, sync: bool = True
 ) -> None:
     """Write ``data`` to ``path`` by way of a temporary file, fsync and rename.
 
@@ -56,7 +56,8 @@ def write_file_atomically(
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
@@ -70,4 +71,5 @@ def write_file_atomically(
             os.link(tmp, path, follow_symlinks=False)  # EEXIST if anything is there
         finally:
             tmp.unlink()
-    fsync_dir(path.parent)
+    if sync:
+        fsync_dir(path.parent)

@@ -99,6 +99,8 @@ class Conversation:
         self.journal = journal
         self.state = state
         self.listeners: list[Listener] = []
+        # Called after each turn boundary's sync (the daemon commits the journal's head).
+        self.synced: list[Callable[[Conversation], None]] = []
         self.busy = False
         self.log = get_logger(job=name)
 
@@ -150,6 +152,8 @@ class Conversation:
 
     def turn_boundary(self) -> None:
         self.journal.sync()
+        for synced in self.synced:
+            synced(self)
 
     def heal(self) -> OpenTurn | None:
         """Mark a turn the previous process left unfinished as interrupted (once).

@@ -46,6 +46,7 @@ from daemon.journal.framing import (
     open_line,
     seal,
 )
+from daemon.journal.heads import payload_digest
 from daemon.journal.keyring import Keyring
 
 JOURNAL_SUFFIX = ".jsonl"
@@ -75,6 +76,7 @@ class ScanResult:
     last_seq: int
     good_end: int
     tail: Tail | None
+    last_digest: str = ""  # heads.payload_digest of the last good record
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ def scan(
     offset = 0
     good_end = 0
     count = 0
+    last_payload = b""
     first_bad: tuple[int, int, FrameError | None, str] | None = None
     damaged: list[tuple[int, bytes]] = []  # the lines from first_bad on
     forged: tuple[int, FrameError] | None = None  # the first complete line failing auth
@@ -139,6 +142,7 @@ def scan(
                     f"record is {what} (expected sequence {last_seq + 1})",
                 )
             last_seq = frame.seq
+            last_payload = frame.payload
             good_end = offset
             count += 1
             if visit is not None:
@@ -158,7 +162,8 @@ def scan(
             bad_line, bad = forged
             raise JournalCorruptError(path, bad_line, bad.seq, str(bad), last=True)
         tail = Tail(line, start, reason)
-    return ScanResult(count, last_seq, good_end, tail)
+    digest = payload_digest(last_payload) if count else ""
+    return ScanResult(count, last_seq, good_end, tail, digest)
 
 
 def _raise_if_record_inside(
@@ -220,8 +225,10 @@ class Journal:
         size: int,
         fsync: FsyncPolicy,
         tail_cut: TailCut | None,
+        last_digest: str = "",
     ) -> None:
         self.path = path
+        self.last_digest = last_digest  # of the last record: what a head commits to
         self.stream_id = stream_id
         self.keyring = keyring
         self.fsync_policy = fsync
@@ -290,6 +297,7 @@ class Journal:
             size=result.good_end,
             fsync=fsync,
             tail_cut=tail_cut,
+            last_digest=result.last_digest,
         )
 
     @classmethod
@@ -302,6 +310,7 @@ class Journal:
         last_seq: int,
         size: int,
         fsync: FsyncPolicy = FsyncPolicy.TURN,
+        last_digest: str = "",
     ) -> Journal:
         """Reopen a journal this process wrote and closed, without reading it again.
 
@@ -321,6 +330,7 @@ class Journal:
             size=size,
             fsync=fsync,
             tail_cut=None,
+            last_digest=last_digest,
         )
 
     # --- writing ---------------------------------------------------------------------
@@ -341,6 +351,7 @@ class Journal:
             )
         self._write_all(fd, data)
         self.last_seq = first + len(payloads) - 1
+        self.last_digest = payload_digest(payloads[-1])
         self._size += len(data)
         self._dirty = True
         if self.fsync_policy is FsyncPolicy.ALWAYS:

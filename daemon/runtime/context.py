@@ -29,6 +29,7 @@ from daemon.logs import get_logger
 from daemon.ports.agent import AgentDriver, AgentSpec
 from daemon.ports.clock import Clock
 from daemon.ports.eventlog import EventLogStore
+from daemon.runtime.heads import HeadsKeeper
 from daemon.runtime.job import Job
 from daemon.runtime.notify import Notifier
 
@@ -110,6 +111,7 @@ class Runtime:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     waiting: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # beats without a slot
     draining: bool = False
+    heads: HeadsKeeper | None = None  # state_dir/heads; None: not kept (tests, other backends)
 
     def live_jobs(self) -> list[Job]:
         return [j for j in self.jobs.values() if not j.retired]

@@ -38,6 +38,7 @@ from daemon.ports.clock import Clock, SystemClock
 from daemon.runtime.context import AgentFactory, Health, Runtime
 from daemon.runtime.control import SOCKET_NAME, ControlServer
 from daemon.runtime.dispatch import Dispatcher
+from daemon.runtime.heads import HeadsKeeper
 from daemon.runtime.notify import Notifier, run_watchdog, watchdog_interval
 from daemon.runtime.recovery import Recovery
 from daemon.runtime.reloading import Reloader
@@ -156,6 +157,7 @@ class Supervisor:
             schedule=self._scheduler,
             spec_env=layout.cli_env(self.environ, max_retries=daemon_cfg.model_max_retries),
             log=self.log,
+            heads=HeadsKeeper(layout.state_dir, self.keyring, self.fsync, self.log),
         )
         self.recovery = Recovery(rt)
         self.scheduling = Scheduling(rt)
