@@ -829,3 +829,98 @@ def test_the_wrong_key_file_is_refused_and_the_journals_kept(copy: Copy) -> None
     )
     assert wrong.current_id != right.current_id
     assert copy.tree() == before
+
+
+# ---------------------------------------------------------------- truncation and rollback
+#
+# Deleting records leaves nothing that fails to authenticate: state_dir/heads (a sealed
+# commitment to every journal's last sequence, size and last record) is what catches it.
+
+
+# Records written after the last commitment (the daemon was killed mid-turn) are what a
+# crash may lose anyway; each case removes committed ones. ``seq``: the committed head.
+
+
+def _drop_last_records(copy: Copy, seq: int) -> str:
+    path = copy.journal("inbox")
+    path.write_bytes(b"".join(_lines(path)[: seq - 2]))
+    return "conversations/inbox.jsonl"
+
+
+def _drop_last_turn(copy: Copy, seq: int) -> str:
+    path = copy.journal("inbox")
+    keyring = Keyring.load(copy.key)
+    events = list(read_events(path, "inbox", keyring))[:seq]
+    last_start = max(i for i, e in enumerate(events) if e.get("type") == "turn_started")
+    path.write_bytes(b"".join(_lines(path)[:last_start]))
+    return "conversations/inbox.jsonl"
+
+
+def _drop_journal(copy: Copy, _seq: int) -> str:
+    copy.journal("inbox").unlink()
+    return "conversations/inbox.jsonl"
+
+
+def _drop_transcript(copy: Copy, _seq: int) -> str:
+    transcript = max((copy.state_dir / "transcripts").glob("*.jsonl"), key=os.path.getsize)
+    transcript.unlink()
+    return f"transcripts/{transcript.name}"
+
+
+ROLLBACKS = {
+    "last-records": (_drop_last_records, "truncated"),
+    "last-turn": (_drop_last_turn, "truncated"),
+    "whole-journal": (_drop_journal, "missing"),
+    "transcript": (_drop_transcript, "missing"),
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("case", list(ROLLBACKS))
+def test_removed_records_or_journals_are_refused_by_run_and_verify(copy: Copy, case: str) -> None:
+    from daemon.journal.heads import HeadsFile  # noqa: PLC0415  # only these tests need it
+
+    committed = HeadsFile(copy.state_dir, Keyring.load(copy.key)).load()
+    assert committed is not None  # the daemon that wrote the site committed its heads
+    spoil, kind = ROLLBACKS[case]
+    key = spoil(copy, committed["conversations/inbox.jsonl"].seq)
+    head = committed[key]
+    before = copy.tree()
+    heads = copy.state_dir / "heads"
+    run = copy.vigil("run")
+    assert run.returncode == JOURNAL_ERROR, run.stderr
+    lines = run.stderr.splitlines()
+    assert lines[0] == (
+        f"vigil: error: journals in {copy.state_dir} are behind what {heads} committed to "
+        "(truncation or rollback); nothing was changed:"
+    )
+    if kind == "missing":
+        assert lines[1] == (
+            f"  {key}: missing; it was committed with {head.seq} records ({head.size} bytes)"
+        )
+    else:
+        size = (copy.state_dir / key).stat().st_size
+        assert lines[1] == (
+            f"  {key}: holds {size} bytes; it was committed with {head.seq} records "
+            f"({head.size} bytes): records were removed (truncation or a restored backup)"
+        )
+    assert lines[2:] == [
+        f"Restore them from a backup; if they were removed or restored on purpose, delete "
+        f"{heads} and start again"
+    ]
+    assert copy.tree() == before  # nothing healed, recreated or committed
+    code, report = _verify(copy)
+    assert code == VERIFY_FAILED
+    findings = [f for f in report["findings"] if f["kind"] == kind]  # type: ignore[union-attr]
+    assert [(f["path"], f["seq"]) for f in findings] == [(str(copy.state_dir / key), head.seq)]
+    assert copy.tree() == before
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_an_untouched_site_passes_verify_with_its_heads(copy: Copy) -> None:
+    """The check can pass: a journal ahead of its head (the daemon was killed after
+    writing records it had not committed yet) is what a crash leaves, not rollback."""
+    _, report = _verify(copy)
+    assert report["findings"] == []
