@@ -912,7 +912,9 @@ def test_removed_records_or_journals_are_refused_by_run_and_verify(copy: Copy, c
     assert copy.tree() == before  # nothing healed, recreated or committed
     code, report = _verify(copy)
     assert code == VERIFY_FAILED
-    findings = [f for f in report["findings"] if f["kind"] == kind]  # type: ignore[union-attr]
+    listed = report["findings"]
+    assert isinstance(listed, list)
+    findings = [f for f in listed if f["kind"] == kind]
     assert [(f["path"], f["seq"]) for f in findings] == [(str(copy.state_dir / key), head.seq)]
     assert copy.tree() == before
 
