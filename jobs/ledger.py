@@ -37,6 +37,14 @@ class OpenDelivery:
     state: Literal["started", "retry_pending"]
 
 
+_OUTCOMES = {
+    "turn_completed": "completed",
+    "turn_failed": "failed",
+    "turn_interrupted": "interrupted",
+    "beat_skipped": "skipped",
+}
+
+
 @dataclass
 class JobLedger:
     spend: SpendLedger = field(default_factory=SpendLedger)
@@ -44,11 +52,21 @@ class JobLedger:
     last_due_at: datetime | None = None  # last turn_started or beat_skipped
     last_started_at: datetime | None = None  # last turn_started
     open_deliveries: dict[str, OpenDelivery] = field(default_factory=dict)
+    # The last beat's end as journaled (``vigil status`` after a restart).
+    last_turn: int | None = None
+    last_outcome: str | None = None  # completed, failed, interrupted, skipped
+    last_reason: str | None = None
 
     def feed(self, event: Mapping[str, Any]) -> None:
         kind = event.get("type")
         if kind == "delta":  # most events; nothing here needs them
             return
+        if kind in _OUTCOMES:
+            turn = event.get("turn")
+            self.last_turn = turn if isinstance(turn, int) else self.last_turn
+            self.last_outcome = _OUTCOMES[kind]
+            reason = event.get("reason")
+            self.last_reason = reason if isinstance(reason, str) else None
         if kind == "turn_started":
             when = _when(event)
             self.last_started_at = when or self.last_started_at

@@ -57,6 +57,7 @@ from daemon.config.fields import (
     _sink_name,
     _timezone,
     _url,
+    prompt_size_problem,
 )
 from daemon.durations import format_duration
 from daemon.errors import UnknownJobError
@@ -241,6 +242,10 @@ class HeartbeatConfig(BaseModel):
         names = [name for name, _ in self.sinks]
         for name in sorted({n for n in names if names.count(n) > 1}):
             problems.append(("sink", f"two sinks are named {name!r}; give each its own name"))
+        text = self.prompt_file.text if self.prompt_file is not None else self.prompt
+        too_big = prompt_size_problem(text or "")
+        if too_big is not None:
+            problems.append(("prompt_file" if self.prompt_file is not None else "prompt", too_big))
         if self.jitter is not None and self.every is not None and self.jitter >= self.every:
             problems.append(
                 (

@@ -271,7 +271,7 @@ class Supervisor:
             await self.reload_requested.wait()
             self.reload_requested.clear()
             if self.rt is not None and not self.rt.draining:
-                self.reloader.reload()
+                await self.reloader.reload_off_loop()
 
     def reload(self) -> bool:
         return self.reloader.reload()

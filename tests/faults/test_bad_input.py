@@ -18,6 +18,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,6 +237,11 @@ CONFIG_CASES = [
         "interval-too-short",
         ("heartbeat[inbox].every: 0s is too short: heartbeats must be at least 1s apart",),
         jobs=job(every='"0s"'),
+    ),
+    ConfigCase(
+        "interval-so-long-the-scheduler-overflows",
+        ("heartbeat[inbox].every: 36500d is too long: heartbeats must be at most 366d apart",),
+        jobs=job(every='"36500d"'),
     ),
     ConfigCase(
         "cron-value-out-of-range",
@@ -480,6 +486,37 @@ def test_a_broken_config_is_refused_with_one_clear_line_per_problem(
     assert done.stdout == ""
     assert "SECRET" not in done.stderr and "hunter2" not in done.stderr
     assert etc.tree() == before  # no state or runtime directory, lock, journal or mirror
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "over-the-sdk-buffer"])
+def test_a_prompt_file_that_cannot_be_sent_is_refused_at_load(etc: Etc, kind: str) -> None:
+    """A FIFO would block the load (and a reload) forever, a device never ends, and a
+    prompt over the SDK's 1 MiB message buffer would fail every beat as cli_died."""
+    if kind == "fifo":  # outside etc: the tree snapshot would block reading it too
+        prompt = Path(tempfile.mkdtemp(prefix="vigil-fifo-")) / "prompt.fifo"
+        os.mkfifo(prompt)
+        problem = f"prompt file {prompt} is not a regular file (a FIFO, socket or device)"
+        key = "prompt_file"
+    elif kind == "device":
+        prompt = Path("/dev/zero")
+        problem = f"prompt file {prompt} is not a regular file (a FIFO, socket or device)"
+        key = "prompt_file"
+    else:
+        prompt = etc.dir / "huge.md"
+        prompt.write_text("x" * 1_000_000)
+        problem = (
+            "the prompt is 1000002 bytes as sent (JSON); the Agent SDK's message buffer is "
+            "1048576 bytes, so at most 983040 fit"
+        )
+        key = "prompt_file"
+    path = etc.write(jobs=job(prompt_file=json.dumps(str(prompt))))
+    before = etc.tree()
+    done = run_vigil("run", "--config", str(path), cwd=etc.root, timeout=60)
+    assert (done.returncode, done.stderr) == (
+        CONFIG_ERROR,
+        error_lines(f"{path}: heartbeat[inbox].{key}: {problem}"),
+    )
+    assert etc.tree() == before
 
 
 @pytest.mark.parametrize(
