@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from daemon.cli.args import job_name
 from daemon.config.load import default_config_path, load_config
 from daemon.config.model import Config
 from daemon.errors import VigilError
@@ -73,7 +74,7 @@ def add_commands(
         description="Refused (exit 10) while a turn of that conversation runs, or when the "
         "job's gate skips it (budget, empty prompt); exit 9 when no daemon runs.",
     )
-    p.add_argument("name", help="job (conversation) name")
+    p.add_argument("name", type=job_name, help="job (conversation) name")
     p.add_argument("--config", type=Path, default=None, help=config_help)
     p.add_argument("--json", action="store_true", help="JSON, for scripts")
 
@@ -83,7 +84,7 @@ def add_commands(
         description="Reads the encrypted journal directly (read-only), so it works whether or "
         "not the daemon runs; it only ever shows complete, authenticated records.",
     )
-    p.add_argument("name", help="job (conversation) name")
+    p.add_argument("name", type=job_name, help="job (conversation) name")
     p.add_argument("-n", "--lines", type=int, default=10, help="events to show first (10)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     p.add_argument("--config", type=Path, default=None, help=config_help)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from daemon.cli import live as cli_live
 from daemon.cli import mirror as cli_mirror
+from daemon.cli.args import job_name
 from daemon.cli.mirror import check_owner
-from daemon.config.fields import JOB_NAME_PATTERN
 from daemon.config.load import default_config_path, load_config
 from daemon.config.model import Config
 from daemon.errors import VigilError
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reads the encrypted journal (read-only; works while the daemon runs) and "
         "prints each turn: interrupted turns are shown healed, with the text that was streamed.",
     )
-    history.add_argument("name", help="job (conversation) name")
+    history.add_argument("name", type=job_name, help="job (conversation) name")
     history.add_argument("--config", type=Path, default=None, help=config_help)
     history.add_argument("--json", action="store_true", help="a JSON array, for scripts")
 
@@ -96,9 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fork.add_argument("name", metavar="NAME", help="the conversation to branch off (never changed)")
     fork.add_argument(
-        "new_name", metavar="NEW_NAME", type=_new_name, help="the new conversation (job) name"
+        "name", metavar="NAME", type=job_name, help="the conversation to branch off (never changed)"
+    )
+    fork.add_argument(
+        "new_name", metavar="NEW_NAME", type=job_name, help="the new conversation (job) name"
     )
     fork.add_argument(
         "--at",
@@ -133,14 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default)")
     dev.add_argument("--slow-ms", type=int, default=0, help="delay between streamed deltas")
     return parser
-
-
-def _new_name(value: str) -> str:
-    if not JOB_NAME_PATTERN.fullmatch(value):
-        raise argparse.ArgumentTypeError(
-            f"bad job name {value!r}: use 1 to 64 letters, digits, '_' or '-'"
-        )
-    return value
 
 
 def _turn_number(value: str) -> int:
@@ -206,7 +200,9 @@ def _load(config_path: Path | None) -> tuple[Config, Keyring]:
 
 def cmd_run(config_path: Path | None) -> int:
     from daemon.runtime.notify import SystemdNotifier  # noqa: PLC0415
+    from daemon.signals import hold_sighup  # noqa: PLC0415
 
+    hold_sighup()  # a SIGHUP during start-up is noted (and reloads once ready), not fatal
     path = config_path or default_config_path()
     check_config_dir(path)  # nothing is read from a directory others can write
     config, keyring = _load(path)

@@ -26,6 +26,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from daemon.cli.args import job_name
 from daemon.config.load import default_config_path, load_config
 from daemon.config.model import Config
 from daemon.errors import UnknownJobError, VigilError
@@ -73,7 +74,7 @@ def add_commands(
         "otherwise. Safe while the daemon runs: all conversations are replaced in one "
         "transaction (the daemon's updates wait for it); one conversation in its own.",
     )
-    p.add_argument("name", nargs="?", help="only this conversation")
+    p.add_argument("name", nargs="?", type=job_name, help="only this conversation")
     p.add_argument(
         "--workers",
         type=int,
@@ -122,7 +123,7 @@ def add_commands(
         'with its sequence number as "seq". This is conversation plaintext: redirect it '
         "somewhere safe.",
     )
-    p.add_argument("name", help="job (conversation) name")
+    p.add_argument("name", type=job_name, help="job (conversation) name")
     p.add_argument("--config", type=Path, default=None, help=config_help)
 
 

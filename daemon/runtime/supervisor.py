@@ -44,7 +44,9 @@ from daemon.runtime.recovery import Recovery
 from daemon.runtime.reloading import Reloader
 from daemon.runtime.scheduler import BeatScheduler
 from daemon.runtime.scheduling import Scheduling
+from daemon.runtime.sentinel import Sentinel
 from daemon.runtime.status import status_line, status_snapshot
+from daemon.signals import take_sighup
 from daemon.trust import check_data_dirs, remove_planted, tighten
 
 MIRROR_FLUSH_S = 0.5
@@ -113,7 +115,12 @@ class Supervisor:
                 was = tighten(path)
                 if was is not None:
                     self.log.warning("directory_tightened", path=str(path), mode=f"{was:04o}")
-            return await self._run_locked()
+            sentinel = Sentinel()  # ends the CLIs promptly if this process is SIGKILLed
+            sentinel.start()
+            try:
+                return await self._run_locked()
+            finally:
+                sentinel.stop()
         finally:
             self._runtime_lock.release()
             self._lock.release()
@@ -170,6 +177,8 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+        if take_sighup():  # one came while `vigil run` was starting
+            self.reload_requested.set()
         self.layout.adopt_tmpdir()
         for leftover in self.layout.remove_resume_leftovers():
             self.log.info("removed_resume_leftover", path=str(leftover))
