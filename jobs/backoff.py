@@ -22,12 +22,18 @@ from datetime import timedelta
 __all__ = [
     "AUTH_PAUSE",
     "AUTH_PAUSE_MAX",
+    "BACKOFF_REASONS",
     "FAILURE_BACKOFF_MAX",
     "failure_interval",
     "idle_interval",
     "retry_delay",
 ]
 
+# Failures of the model API, the CLI or the connection: the next beats back off.
+# (``max_budget_exceeded`` is the job's own per-beat cap working, not a fault.)
+BACKOFF_REASONS = frozenset(
+    {"model_error", "auth_failed", "timeout", "cli_died", "connect_failed", "resume_rejected"}
+)
 _MAX_DOUBLINGS = 40  # 2**40 intervals: far beyond any maximum; keeps the numbers finite
 FAILURE_BACKOFF_MAX = timedelta(minutes=30)
 AUTH_PAUSE = timedelta(minutes=10)

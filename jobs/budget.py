@@ -1,27 +1,23 @@
 """Spend per day, from the journal's ``result`` records (pure).
 
-The CLI reports ``total_cost_usd`` as a running total, and vigil journals it as
-``session_cost_usd``. With a session store every resume runs the CLI on a transcript
-materialized from the store, and the total restarts there (docs/sdk-notes.md): so the
-running total belongs to one CLI *process*. A turn's cost is the step from the
-previous total of the same session since the last ``session_bound`` (each connect
-journals one); the first result after a connect costs its whole total.
-:class:`SpendLedger` folds those steps by instant; ``spent_on`` sums the ones whose
-instant falls on a given local day, so the budget survives restarts because the
-journal does.
+A result's cost is :class:`jobs.cost.CostSteps`'s step (the one turn-cost fold).
+:class:`SpendLedger` keeps those steps by instant; ``spent_on`` sums the ones whose
+instant falls on a given local day (:func:`local_day`: the one "spend today" rule,
+in the job's timezone), so the budget survives restarts because the journal does.
+Like every reader, it counts a result only when its turn started (or was skipped)
+in this journal.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
-__all__ = ["RESTARTS_COST_TOTAL", "SpendLedger", "parse_at", "turn_cost_steps"]
+from jobs.cost import CostSteps, add_cost
 
-# Events after which the CLI's running cost total starts again from zero.
-RESTARTS_COST_TOTAL = frozenset({"session_bound", "forked"})
+__all__ = ["SpendLedger", "local_day", "local_day_bounds", "parse_at", "turn_cost_steps"]
 
 # Results older than this (before the newest) cannot fall on "today" in any time zone.
 _KEEP = timedelta(days=2, hours=2)
@@ -32,39 +28,62 @@ def parse_at(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def local_day(when: datetime, zone: tzinfo) -> date:
+    """The day ``when`` falls on in ``zone``: the one rule for "spend today"."""
+    return when.astimezone(zone).date()
+
+
+def local_day_bounds(day: date, zone: tzinfo) -> tuple[datetime, datetime]:
+    """The UTC instants ``[start, end)`` of ``day`` in ``zone`` (what :func:`local_day`
+    maps to ``day``), for readers that select by time, such as the mirror."""
+    start = datetime.combine(day, time(0), tzinfo=zone)
+    end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone)
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
 @dataclass
 class SpendLedger:
     """Turn costs by instant; feed it every event in journal order."""
 
-    _totals: dict[str, float] = field(default_factory=dict)
+    _costs: CostSteps = field(default_factory=CostSteps)
     _steps: list[tuple[datetime, float]] = field(default_factory=list)
+    _first_turn: int | None = None
+    _last_turn: int = 0
 
     def feed(self, event: Mapping[str, Any]) -> float | None:
-        """Account for ``event``; returns the turn's cost when it is a ``result``."""
-        if event.get("type") in RESTARTS_COST_TOTAL:
-            self._totals.clear()  # a new CLI process: its running total starts at zero
-            return None
-        if event.get("type") != "result":
-            return None
-        total = event.get("session_cost_usd")
+        """Account for ``event``; returns the result's cost step when it counts."""
+        turn = event.get("turn")
+        if not isinstance(turn, int):
+            turn = None
+        if event.get("type") in ("turn_started", "beat_skipped") and turn is not None:
+            self._first_turn = turn if self._first_turn is None else self._first_turn
+            self._last_turn = max(self._last_turn, turn)
+        step = self._costs.feed(event)
         at = event.get("at")
-        if not isinstance(total, int | float) or isinstance(total, bool) or not at:
+        if step is None or not at or not self._known(turn):
             return None
-        session = str(event.get("session_id") or "")
-        step = max(0.0, float(total) - self._totals.get(session, 0.0))
-        self._totals[session] = float(total)
         when = parse_at(str(at))
         self._steps.append((when, step))
         newest = max(w for w, _ in self._steps)
         self._steps = [(w, c) for w, c in self._steps if newest - w <= _KEEP]
         return step
 
+    def _known(self, turn: int | None) -> bool:
+        """Whether ``turn`` started (or was skipped) in this journal: turn numbers run
+        without gaps from the first one journaled."""
+        first = self._first_turn
+        return turn is not None and first is not None and first <= turn <= self._last_turn
+
     def spent_on(self, day: date, zone: tzinfo) -> float:
         """Total cost of the turns whose result was journaled on ``day`` in ``zone``."""
-        return sum(c for w, c in self._steps if w.astimezone(zone).date() == day)
+        total = 0.0
+        for when, cost in self._steps:
+            if local_day(when, zone) == day:
+                total = add_cost(total, cost)
+        return total
 
     def spent_today(self, now: datetime, zone: tzinfo) -> float:
-        return self.spent_on(now.astimezone(zone).date(), zone)
+        return self.spent_on(local_day(now, zone), zone)
 
 
 def turn_cost_steps(events: Iterable[Mapping[str, Any]]) -> list[float]:

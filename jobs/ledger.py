@@ -3,8 +3,11 @@
 :class:`JobLedger` is fed every event of one conversation in journal order, at start
 (from the journal) and live (as events are recorded). It answers what the beat policy
 needs without re-reading the journal: the spend per day (:class:`SpendLedger`), the
-run of quiet replies, when the last beat came due, and deliveries whose outcome the
-journal does not know yet (the delivery fence).
+run of quiet replies, the run of failed beats (failure backoff), when the last beat came
+due, and deliveries whose outcome the journal does not know yet (the delivery fence);
+and the operator's side: the failure streak of any reason and whether an alert is out
+(:mod:`jobs.alerts`), a pause (:mod:`jobs.pause`) and the messages queued for the next
+beat (``vigil send --next-beat``).
 
 It reads the raw event dicts (``type``, ``at``, ...) of vigil's journal schema.
 """
@@ -16,9 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from jobs.backoff import BACKOFF_REASONS
 from jobs.budget import SpendLedger, parse_at
+from jobs.pause import Pause
 
-__all__ = ["JobLedger", "OpenDelivery"]
+__all__ = ["Failure", "JobLedger", "OpenDelivery", "QueuedMessage"]
 
 
 def _when(event: Mapping[str, Any]) -> datetime | None:
@@ -45,6 +50,20 @@ _OUTCOMES = {
 }
 
 
+@dataclass(frozen=True)
+class Failure:
+    turn: int
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    id: str
+    text: str
+    at: str
+
+
 @dataclass
 class JobLedger:
     spend: SpendLedger = field(default_factory=SpendLedger)
@@ -56,11 +75,24 @@ class JobLedger:
     last_turn: int | None = None
     last_outcome: str | None = None  # completed, failed, interrupted, skipped
     last_reason: str | None = None
+    # Failed beats in a row (``BACKOFF_REASONS``; a completed beat resets it) and the
+    # last one's reason: failure backoff survives a restart, so a crash loop under
+    # ``Restart=always`` does not hammer a failing API.
+    failures: int = 0
+    last_failure_reason: str | None = None
+    failure_streak: int = 0  # beats in a row that ended turn_failed (any reason)
+    ended_streak: int = 0  # the streak the last completed beat ended
+    last_failure: Failure | None = None
+    last_completed_at: datetime | None = None
+    alerting: bool = False  # a "failing" alert is out, no "recovered" since
+    pause: Pause | None = None
+    queued: dict[str, QueuedMessage] = field(default_factory=dict)  # in journal order
 
     def feed(self, event: Mapping[str, Any]) -> None:
         kind = event.get("type")
         if kind == "delta":  # most events; nothing here needs them
             return
+        self.spend.feed(event)  # turn numbers, restarts of the cost total, results
         if kind in _OUTCOMES:
             turn = event.get("turn")
             self.last_turn = turn if isinstance(turn, int) else self.last_turn
@@ -71,14 +103,57 @@ class JobLedger:
             when = _when(event)
             self.last_started_at = when or self.last_started_at
             self.last_due_at = when or self.last_due_at
+            for consumed in event.get("queued") or ():
+                self.queued.pop(str(consumed), None)
         elif kind == "beat_skipped":
             self.last_due_at = _when(event) or self.last_due_at
         elif kind == "turn_completed":
             self.quiet_streak = self.quiet_streak + 1 if event.get("quiet") else 0
-        elif kind == "result":
-            self.spend.feed(event)
+            self.failures = 0
+            self.last_failure_reason = None
+            self.ended_streak, self.failure_streak = self.failure_streak, 0
+            self.last_completed_at = _when(event) or self.last_completed_at
+        elif kind == "turn_failed":
+            self._failed(event)
         elif isinstance(kind, str) and kind.startswith("delivery_"):
             self._delivery(kind, event)
+        else:
+            self._operator(kind, event)
+
+    def _failed(self, event: Mapping[str, Any]) -> None:
+        reason = str(event.get("reason", ""))
+        if reason in BACKOFF_REASONS:
+            self.failures += 1
+            self.last_failure_reason = reason
+        self.failure_streak += 1
+        turn = event.get("turn")
+        self.last_failure = Failure(
+            turn if isinstance(turn, int) else 0, reason, str(event.get("detail", ""))
+        )
+
+    def _operator(self, kind: object, event: Mapping[str, Any]) -> None:
+        if kind == "alert_raised":
+            self.alerting = event.get("alert") == "failing"
+        elif kind == "job_paused":
+            until = event.get("until")
+            self.pause = Pause(
+                _when(event) or parse_at("1970-01-01T00:00:00Z"),
+                parse_at(until) if isinstance(until, str) and until else None,
+                str(event.get("by", "operator")),
+                str(event.get("detail", "")),
+            )
+        elif kind == "job_resumed":
+            self.pause = None
+        elif kind == "message_queued":
+            message_id = str(event.get("id", ""))
+            self.queued[message_id] = QueuedMessage(
+                message_id, str(event.get("text", "")), str(event.get("at", ""))
+            )
+
+    def paused(self, now: datetime) -> Pause | None:
+        """The pause in force at ``now``, if any."""
+        pause = self.pause
+        return pause if pause is not None and pause.active(now) else None
 
     def _delivery(self, kind: str, event: Mapping[str, Any]) -> None:
         delivery = str(event.get("delivery", ""))

@@ -36,9 +36,13 @@ def result(at: str, total: float, session: str = "s1") -> dict[str, Any]:
     )
 
 
+STARTED = events.turn_started(1, "beat", job="inbox", trigger="schedule", at="2026-05-04T07:00:00Z")
+
+
 def test_a_turn_costs_the_step_in_its_own_sessions_running_total() -> None:
     steps = turn_cost_steps(
         [
+            STARTED,
             result("2026-05-04T10:00:00Z", 0.01, "s1"),
             result("2026-05-04T10:01:00Z", 0.03, "s1"),
             result("2026-05-04T10:02:00Z", 0.005, "s2"),  # a new session starts at 0
@@ -51,6 +55,7 @@ def test_a_turn_costs_the_step_in_its_own_sessions_running_total() -> None:
 
 def test_today_is_the_jobs_local_day() -> None:
     ledger = SpendLedger()
+    ledger.feed(STARTED)
     ledger.feed(result("2026-05-04T21:30:00Z", 0.10))  # 23:30 in Berlin, May 4
     ledger.feed(result("2026-05-04T22:30:00Z", 0.25))  # 00:30 in Berlin, May 5
     berlin = ZoneInfo("Europe/Berlin")
@@ -61,6 +66,7 @@ def test_today_is_the_jobs_local_day() -> None:
 
 def test_budget_exhausted_once_today_reaches_the_limit_then_a_new_day_resumes() -> None:
     ledger = JobLedger()
+    ledger.feed(STARTED)
     policy = BeatPolicy(prompt="check", zone=UTC, daily_budget_usd=0.02)
     for at, total in [("2026-05-04T08:00:00Z", 0.011), ("2026-05-04T09:00:00Z", 0.022)]:
         ledger.feed(result(at, total))
@@ -101,14 +107,17 @@ def test_the_running_total_restarts_with_each_cli_process() -> None:
     session = "s-1"
     events: list[dict[str, Any]] = [
         {"type": "session_bound", "session_id": session, "at": "2026-01-01T10:00:00Z"},
+        {"type": "turn_started", "turn": 1, "at": "2026-01-01T10:00:00Z"},
         {
             "type": "result",
+            "turn": 1,
             "session_id": session,
             "session_cost_usd": 0.01,
             "at": "2026-01-01T10:00:01Z",
         },
         {
             "type": "result",
+            "turn": 1,
             "session_id": session,
             "session_cost_usd": 0.03,
             "at": "2026-01-01T10:01:00Z",
@@ -116,6 +125,7 @@ def test_the_running_total_restarts_with_each_cli_process() -> None:
         {"type": "session_bound", "session_id": session, "at": "2026-01-01T11:00:00Z"},
         {
             "type": "result",
+            "turn": 1,
             "session_id": session,
             "session_cost_usd": 0.011,
             "at": "2026-01-01T11:00:01Z",

@@ -18,6 +18,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -40,6 +41,7 @@ from daemon.mirror.rebuild import RebuildProgress, RebuildStats, rebuild
 from daemon.ops.reencrypt import rotate_and_reencrypt
 from daemon.ops.verify import verify
 from daemon.trust import own_file
+from jobs.budget import local_day, local_day_bounds
 
 VERIFY_FAILED = 8
 PARALLEL_BYTES = 32 << 20  # below this, starting worker processes costs more than it saves
@@ -317,25 +319,37 @@ def _marked(snippet: str) -> Text:
 
 
 def cmd_sessions(config: Config, *, as_json: bool) -> int:
+    now = datetime.now(UTC)
+    zones = {job.name: job.zone for job in config.heartbeats}
+
+    def today(name: str) -> tuple[datetime, datetime]:
+        """Today in the job's timezone, as ``vigil status`` and the budget count it."""
+        zone = zones.get(name, UTC)
+        return local_day_bounds(local_day(now, zone), zone)
+
     with _reader(config) as mirror:
-        rows = mirror.conversations()
+        rows = mirror.conversations(today)
     if as_json:
         _print_json([r.as_json() for r in rows])
     elif sys.stdout.isatty():
         _sessions_table(rows)
     else:
-        print("name\tturns\tlast_status\tlast_activity\tspend_today_usd\tsession_id\tforked_from")
+        print(
+            "name\tturns\tlast_status\tlast_activity\tspend_today_usd\tsession_id\t"
+            "forked_from\tpaused"
+        )
         for r in rows:
             print(
                 f"{r.name}\t{r.turns}\t{r.last_status or '-'}\t{r.last_activity or '-'}\t"
-                f"{r.spend_today_usd:.4f}\t{r.session_id or '-'}\t{r.origin or '-'}"
+                f"{r.spend_today_usd:.4f}\t{r.session_id or '-'}\t{r.origin or '-'}\t"
+                f"{_paused(r)}"
             )
     return 0
 
 
 def _sessions_table(rows: list[ConversationSummary]) -> None:
     columns = ("name", "turns", "last status", "last activity (UTC)", "spend today", "session")
-    table = Table(*columns, "forked from")
+    table = Table(*columns, "forked from", "paused")
     for r in rows:
         table.add_row(
             r.name,
@@ -345,8 +359,16 @@ def _sessions_table(rows: list[ConversationSummary]) -> None:
             f"${r.spend_today_usd:.4f}",
             r.session_id or "-",
             r.origin or "-",
+            _paused(r),
         )
     Console().print(table if rows else "no conversations yet")
+
+
+def _paused(r: ConversationSummary) -> str:
+    """``-``, or who paused it and until when (``operator``, ``auto until ...``)."""
+    if r.paused_by is None:
+        return "-"
+    return r.paused_by + (f" until {r.paused_until}" if r.paused_until else "")
 
 
 # ---------------------------------------------------------------- export

@@ -41,6 +41,7 @@ from daemon.config.fields import (
     InterruptedPolicy,
     Interval,
     LogFormat,
+    Metrics,
     Money,
     PermissionMode,
     PromptFile,
@@ -91,6 +92,8 @@ class DaemonConfig(BaseModel):
     client_idle_timeout: Annotated[
         Duration, _at_least(timedelta(seconds=1), "a client needs at least 1s to be useful")
     ] = timedelta(minutes=5)
+    # Prometheus metrics on a loopback address or a Unix socket; off when unset.
+    metrics: Metrics | None = None
 
     @property
     def mirror_file(self) -> Path:
@@ -226,6 +229,10 @@ class HeartbeatConfig(BaseModel):
     idle_backoff: Annotated[int, Field(ge=1)] | None = None
     idle_backoff_max: Interval | None = None
     sink: list[SinkConfig] | None = None
+    # After this many failed beats in a row the alert sinks hear of it, once.
+    alert_after: Annotated[int, Field(ge=1)] = 5
+    auto_pause_after: Annotated[int, Field(ge=1)] | None = None
+    alert: list[SinkConfig] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> HeartbeatConfig:
@@ -246,6 +253,11 @@ class HeartbeatConfig(BaseModel):
         too_big = prompt_size_problem(text or "")
         if too_big is not None:
             problems.append(("prompt_file" if self.prompt_file is not None else "prompt", too_big))
+        alerts = [name for name, _ in self.alert_sinks]
+        for name in sorted({n for n in alerts if alerts.count(n) > 1}):
+            problems.append(
+                ("alert", f"two alert sinks are named {name!r}; give each its own name")
+            )
         if self.jitter is not None and self.every is not None and self.jitter >= self.every:
             problems.append(
                 (
@@ -299,17 +311,27 @@ class HeartbeatConfig(BaseModel):
 
         A sink without ``name`` is named after its type; repeats get ``-2``, ``-3``.
         """
-        configured = self.sink or [SinkConfig(type="stdout")]
-        named: list[tuple[str, SinkConfig]] = []
-        seen: dict[str, int] = {}
-        for sink in configured:
-            if sink.name is not None:
-                named.append((sink.name, sink))
-                continue
-            seen[sink.type] = seen.get(sink.type, 0) + 1
-            count = seen[sink.type]
-            named.append((sink.type if count == 1 else f"{sink.type}-{count}", sink))
-        return named
+        return _named(self.sink)
+
+    @property
+    def alert_sinks(self) -> list[tuple[str, SinkConfig]]:
+        """The ``[[heartbeat.alert]]`` sinks, named like :attr:`sinks`; none configured
+        means one ``stdout`` sink (an ``alert`` log line)."""
+        return _named(self.alert)
+
+
+def _named(sinks: list[SinkConfig] | None) -> list[tuple[str, SinkConfig]]:
+    configured = sinks or [SinkConfig(type="stdout")]
+    named: list[tuple[str, SinkConfig]] = []
+    seen: dict[str, int] = {}
+    for sink in configured:
+        if sink.name is not None:
+            named.append((sink.name, sink))
+            continue
+        seen[sink.type] = seen.get(sink.type, 0) + 1
+        count = seen[sink.type]
+        named.append((sink.type if count == 1 else f"{sink.type}-{count}", sink))
+    return named
 
 
 def _duplicate_problems(names: Sequence[tuple[int, str]]) -> list[tuple[str, str]]:

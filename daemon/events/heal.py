@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from daemon.events import Event, event_type
-from jobs.budget import RESTARTS_COST_TOTAL
+from jobs.cost import RESTARTS_COST_TOTAL, CostSteps, add_cost
 
 TurnStatus = Literal["running", "completed", "quiet", "failed", "interrupted", "skipped"]
 DeliveryStatus = Literal["in_progress", "done", "failed", "retrying", "unknown"]
@@ -139,13 +139,12 @@ def fold(
     """Turns in sequence order; an unfinished last turn gets ``open_turn_status``."""
     view = ConversationView()
     by_turn: dict[int, TurnView] = {}
-    # The CLI reports a running total per session; a turn costs the step in its session.
-    totals: dict[str, float] = {}
+    costs = CostSteps()  # the one turn-cost fold (jobs.cost)
     open_delivery: DeliveryStatus = "in_progress" if open_turn_status == "running" else "unknown"
     for ev in events:
         kind = event_type(ev)
+        step = costs.feed(ev)
         if kind in RESTARTS_COST_TOTAL:
-            totals.clear()  # a new CLI process: its running cost total restarts
             _bind_session(view, ev)
             continue
         turn_no = ev.get("turn")
@@ -187,11 +186,8 @@ def fold(
             _delivery(t_or_none, kind, ev, open_delivery)
             continue
         _apply(t_or_none, kind, ev)
-        total = ev.get("session_cost_usd")
-        if kind == "result" and isinstance(total, int | float):
-            session = str(ev.get("session_id") or "")
-            t_or_none.cost_usd = round(max(0.0, total - totals.get(session, 0.0)), 6)
-            totals[session] = total
+        if step is not None:
+            t_or_none.cost_usd = add_cost(t_or_none.cost_usd, step)
     for t in view.turns:
         if not t.reply and t.deltas:
             t.reply = "".join(t.deltas)

@@ -8,6 +8,7 @@ memory, so a thousand long conversations cost little.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,9 @@ if TYPE_CHECKING:
     from daemon.runtime.recovery_read import Folded
 
 Listener = Callable[[str, int, Event], None]
+Timing = Callable[[str, float], None]  # ("append" | "sync", seconds)
 HEALED_REASON = "daemon_stopped_mid_turn"
+WRITE_FAILED = "journal_write_failed"  # a turn whose events the journal could not hold
 
 
 @dataclass
@@ -33,6 +36,20 @@ class OpenTurn:
     trigger: str
     prompt_uuid: str | None = None
     deltas: int = 0
+
+
+@dataclass(frozen=True)
+class PendingCut:
+    """A turn the model must not see, journaled as ended but not yet cut from the
+    CLI's transcript: the next connect resumes at ``resume_at`` (the last completed
+    turn's last assistant message; None: nothing completed, start afresh) dropping
+    the turn whose prompt uuid is ``drops_turn``. ``cause``: ``interrupted`` (a crash
+    healed at start, or a drain; the job's ``on_interrupted`` decides whether to cut)
+    or ``write_failed`` (the journal could not hold the turn: always cut)."""
+
+    resume_at: str | None
+    drops_turn: str | None
+    cause: str
 
 
 @dataclass
@@ -48,6 +65,9 @@ class ConversationState:
     # The last turn was interrupted (a crash healed at start, or a drain) and no turn
     # has started since: the next connect must drop its half (``on_interrupted``).
     interrupted: OpenTurn | None = None
+    # Set when a turn ends interrupted or unjournaled; cleared by the next connect
+    # (``session_bound``): the one place the resume point is kept.
+    pending_cut: PendingCut | None = None
     _pending_resume_at: str | None = field(default=None, repr=False)
 
     def feed(self, event: Event) -> None:
@@ -56,10 +76,12 @@ class ConversationState:
         if kind == "session_bound":
             self.session_id = event.get("session_id")
             self.cwd = event.get("cwd")
+            self.pending_cut = None
         elif kind == "forked":  # the first record of a fork: its session, cut at a turn
             self.session_id = event.get("session_id")
             self.cwd = event.get("cwd")
             self.resume_at = event.get("resume_at")
+            self.pending_cut = None
             source_turn = event.get("source_turn")
             if isinstance(source_turn, int):
                 self.next_turn = max(self.next_turn, source_turn + 1)
@@ -86,9 +108,16 @@ class ConversationState:
             self.open_turn = None
         elif kind == "turn_interrupted":
             self.interrupted = self.open_turn
+            self._cut(self.open_turn, "interrupted")
             self.open_turn = None
         elif kind == "turn_failed":
+            if event.get("reason") == WRITE_FAILED:
+                self._cut(self.open_turn, "write_failed")
             self.open_turn = None
+
+    def _cut(self, turn: OpenTurn | None, cause: str) -> None:
+        if turn is not None:
+            self.pending_cut = PendingCut(self.resume_at, turn.prompt_uuid, cause)
 
 
 class Conversation:
@@ -103,6 +132,7 @@ class Conversation:
         self.synced: list[Callable[[Conversation], None]] = []
         self.busy = False
         self.log = get_logger(job=name)
+        self.timing: Timing | None = None  # metrics: how long appends and syncs take
 
     @classmethod
     def open(
@@ -143,7 +173,13 @@ class Conversation:
 
     def record(self, event: Event) -> int:
         """Journal ``event``, then show it. Raises the journal's errors unshown."""
-        seq = self.journal.append(event)
+        timing = self.timing
+        if timing is None:
+            seq = self.journal.append(event)
+        else:
+            started = time.perf_counter()
+            seq = self.journal.append(event)
+            timing("append", time.perf_counter() - started)
         self.state.feed(event)
         self._show(seq, event)
         for listener in self.listeners:
@@ -151,7 +187,13 @@ class Conversation:
         return seq
 
     def turn_boundary(self) -> None:
-        self.journal.sync()
+        timing = self.timing
+        if timing is None:
+            self.journal.sync()
+        else:
+            started = time.perf_counter()
+            self.journal.sync()
+            timing("sync", time.perf_counter() - started)
         for synced in self.synced:
             synced(self)
 

@@ -83,6 +83,7 @@ from daemon.mirror.schema import (
     TURN_INSERT,
     TURN_UPSERT,
 )
+from jobs.budget import local_day_bounds
 
 FLUSH_EVERY = 512
 FLUSH_INTERVAL = 0.2  # seconds
@@ -91,6 +92,9 @@ REBUILD_CHUNK = 20_000  # records of one conversation folded before its rows are
 _MARK = ("\x02", "\x03")  # snippet() markers, replaced by the caller's
 Sink = Callable[[int, Event], None]
 Feed = Callable[[Sink], object]
+
+
+DayBounds = Callable[[str], tuple[datetime, datetime]]
 
 
 class MirrorError(VigilError):
@@ -152,6 +156,8 @@ class ConversationSummary:
     records: int
     forked_from: str | None = None  # the source conversation of a fork
     forked_turn: int | None = None  # the source's turn it was cut at
+    paused_by: str | None = None  # "operator" or "auto" while paused
+    paused_until: str | None = None  # the pause's end; None: until `vigil resume`
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -165,6 +171,9 @@ class ConversationSummary:
             "records": self.records,
             "forked_from": self.forked_from,
             "forked_turn": self.forked_turn,
+            "paused": self.paused_by is not None,
+            "paused_by": self.paused_by,
+            "paused_until": self.paused_until,
         }
 
     @property
@@ -358,10 +367,11 @@ class Mirror:
         row = self.db.execute("SELECT * FROM conversations WHERE name = ?", (name,)).fetchone()
         if row is not None:
             c.last_seq, c.session_id, c.cwd = row["last_seq"], row["session_id"], row["cwd"]
-            c.session_totals = json.loads(row["session_totals"])
+            c.costs.totals = json.loads(row["session_totals"])
             c.last_activity = row["last_activity"]
             c.forked_from, c.forked_turn = row["forked_from"], row["forked_turn"]
             c.forked_session = row["forked_session"]
+            c.paused_by, c.paused_until = row["paused_by"], row["paused_until"]
             open_row = self.db.execute(
                 "SELECT * FROM turns WHERE conversation = ? AND status = 'running' "
                 "ORDER BY turn DESC LIMIT 1",
@@ -587,42 +597,65 @@ class Mirror:
             for r in rows
         ]
 
-    def conversations(self, today: str | None = None) -> list[ConversationSummary]:
-        """One summary per conversation; ``today`` (``YYYY-MM-DD``, UTC by default)
-        decides which turns count as today's spend (by end, else start time)."""
-        day = today or datetime.now(UTC).strftime("%Y-%m-%d")
+    def conversations(self, today: DayBounds | None = None) -> list[ConversationSummary]:
+        """One summary per conversation; ``today(name)`` gives the UTC instants
+        ``[start, end)`` of the conversation's "today" (its job's timezone, by
+        :func:`jobs.budget.local_day_bounds`; the UTC day when not given). A turn's cost
+        counts on the day it ended (else started)."""
         rows = self.db.execute(
             """
             SELECT c.name, c.session_id, c.last_activity, c.last_seq,
               c.forked_from, c.forked_turn,
+              CASE WHEN c.paused_until IS NULL OR c.paused_until > ? THEN c.paused_by END,
+              c.paused_until,
               (SELECT count(*) FROM turns t WHERE t.conversation = c.name),
               (SELECT coalesce(
                   (SELECT status FROM turns t WHERE t.conversation = c.name
                      AND status != 'skipped' ORDER BY turn DESC LIMIT 1),
                   (SELECT status FROM turns t WHERE t.conversation = c.name
                      ORDER BY turn DESC LIMIT 1))),
-              (SELECT coalesce(sum(cost_usd), 0) FROM turns t WHERE t.conversation = c.name
-                 AND substr(coalesce(t.ended_at, t.started_at), 1, 10) = ?),
               (SELECT coalesce(sum(cost_usd), 0) FROM turns t WHERE t.conversation = c.name)
             FROM conversations c ORDER BY c.name
             """,
-            (day,),
+            (_utc_now_iso(),),
         ).fetchall()
-        return [
-            ConversationSummary(
-                name=r[0],
-                turns=r[6],
-                last_status=r[7],
-                last_activity=r[2],
-                spend_today_usd=round(r[8], 6),
-                spend_total_usd=round(r[9], 6),
-                session_id=r[1],
-                records=r[3],
-                forked_from=r[4],
-                forked_turn=r[5],
+        utc_today = local_day_bounds(datetime.now(UTC).date(), UTC)
+        summaries = []
+        for r in rows:
+            start, end = today(r[0]) if today is not None else utc_today
+            (spent,) = self.db.execute(
+                "SELECT coalesce(sum(cost_usd), 0) FROM turns WHERE conversation = ?"
+                " AND coalesce(ended_at, started_at) >= ? AND coalesce(ended_at, started_at) < ?",
+                (r[0], _iso_prefix(start), _iso_prefix(end)),
+            ).fetchone()
+            summaries.append(
+                ConversationSummary(
+                    name=r[0],
+                    turns=r[8],
+                    last_status=r[9],
+                    last_activity=r[2],
+                    spend_today_usd=round(spent, 6),
+                    spend_total_usd=round(r[10], 6),
+                    session_id=r[1],
+                    records=r[3],
+                    forked_from=r[4],
+                    forked_turn=r[5],
+                    paused_by=r[6],
+                    paused_until=r[7] if r[6] is not None else None,
+                )
             )
-            for r in rows
-        ]
+        return summaries
+
+
+def _iso_prefix(when: datetime) -> str:
+    """``when`` (UTC) as the prefix the journal's ``at`` strings sort against: every
+    stamp at or after that second sorts at or after it (``...T22:00:00.123Z``)."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _utc_now_iso() -> str:
+    """Now as the journal writes instants (``...Z``), comparable as text with them."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from daemon.events import Event
+from jobs.cost import CostSteps, add_cost
 
 USAGE_KEYS = (
     ("input_tokens", "input_tokens"),
@@ -213,11 +214,13 @@ class ConvState:
     last_seq: int = 0
     session_id: str | None = None
     cwd: str | None = None
-    session_totals: dict[str, float] = field(default_factory=dict)  # running cost per session
+    costs: CostSteps = field(default_factory=CostSteps)  # running cost per session
     last_activity: str | None = None
     forked_from: str | None = None  # a fork's source conversation, turn and session
     forked_turn: int | None = None
     forked_session: str | None = None
+    paused_by: str | None = None  # "operator" or "auto" while a pause is journaled
+    paused_until: str | None = None  # its end (UTC ISO), None: until resumed
     open: TurnState | None = None  # started, not ended; kept across writes
     turns: dict[int, TurnState] = field(default_factory=dict)
     tools: dict[int, ToolState] = field(default_factory=dict)
@@ -241,11 +244,13 @@ class ConvState:
             self.last_seq,
             self.session_id,
             self.cwd,
-            encode_json(self.session_totals),
+            encode_json(self.costs.totals),
             self.last_activity,
             self.forked_from,
             self.forked_turn,
             self.forked_session,
+            self.paused_by,
+            self.paused_until,
         )
 
 
@@ -263,10 +268,11 @@ def fold_event(c: ConvState, seq: int, ev: Event, loader: Loader) -> None:  # no
     """Fold the event at ``seq`` (the caller checked it is new) into ``c``."""
     kind = ev.get("type")
     at = ev.get("at")
+    step = c.costs.feed(ev)  # every result moves the running total (jobs.cost)
     if isinstance(at, str):
         c.last_activity = at
-    if kind in ("session_bound", "forked"):
-        _session(c, ev)
+    if kind in ("session_bound", "forked", "job_paused", "job_resumed"):
+        (_session if kind in ("session_bound", "forked") else _pause)(c, ev)
         return
     turn_no = ev.get("turn")
     if not isinstance(turn_no, int):
@@ -301,7 +307,7 @@ def fold_event(c: ConvState, seq: int, ev: Event, loader: Loader) -> None:  # no
     elif kind == "tool_result":
         _tool_result(c, seq, turn_no, ev, loader)
     elif kind == "result":
-        _result(c, t, ev)
+        _result(t, ev, step)
     elif kind in END_STATUS:
         t.status, t.ended_at = END_STATUS[kind], at
         if kind == "turn_completed" and ev.get("quiet"):
@@ -314,10 +320,17 @@ def fold_event(c: ConvState, seq: int, ev: Event, loader: Loader) -> None:  # no
             c.open = None
 
 
+def _pause(c: ConvState, ev: Event) -> None:
+    """``vigil pause`` / ``resume`` (or ``auto_pause_after``): no turn of its own."""
+    if ev.get("type") == "job_paused":
+        c.paused_by, c.paused_until = str(ev.get("by", "operator")), ev.get("until")
+    else:
+        c.paused_by = c.paused_until = None
+
+
 def _session(c: ConvState, ev: Event) -> None:
     """``session_bound``, or ``forked`` (a fork's first record: also where it came from)."""
     c.session_id, c.cwd = ev.get("session_id"), ev.get("cwd")
-    c.session_totals.clear()  # a new CLI process: its running cost total restarts
     if ev.get("type") == "forked":
         source_turn = ev.get("source_turn")
         c.forked_from = ev.get("source")
@@ -368,18 +381,14 @@ def _tool_result(c: ConvState, seq: int, turn_no: int, ev: Event, loader: Loader
     tool.result_seq = seq
 
 
-def _result(c: ConvState, t: TurnState, ev: Event) -> None:
+def _result(t: TurnState, ev: Event, step: float | None) -> None:
     t.session_id = ev.get("session_id") or t.session_id
     t.is_error = bool(ev.get("is_error"))
     text = ev.get("text")
     if isinstance(text, str) and text:
         t.result_text = text
-    total = ev.get("session_cost_usd")
-    if isinstance(total, int | float) and not isinstance(total, bool):
-        session = str(ev.get("session_id") or "")
-        step = round(max(0.0, total - c.session_totals.get(session, 0.0)), 6)
-        t.cost_usd = round((t.cost_usd or 0.0) + step, 6)
-        c.session_totals[session] = float(total)
+    if step is not None:
+        t.cost_usd = add_cost(t.cost_usd, step)
     usage = ev.get("usage")
     if isinstance(usage, Mapping):
         for i, (key, _) in enumerate(USAGE_KEYS):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -22,31 +22,17 @@ from typing import Any, Literal
 from daemon import events as ev
 from daemon.errors import JournalWriteError
 from daemon.events import Trigger
-from daemon.journal.conversation import Conversation
+from daemon.journal.conversation import WRITE_FAILED, Conversation, PendingCut
 from daemon.ports.agent import AgentDriver, AgentFailure, ConnectPlan, TurnOutcome
 from jobs.backoff import AUTH_PAUSE
 from jobs.quiet import QuietRule
 
 Outcome = Literal["completed", "failed", "interrupted", "skipped"]
-# Failures of the model API, the CLI or the connection: the next beats back off.
-# (``max_budget_exceeded`` is the job's own per-beat cap working, not a fault.)
-BACKOFF_REASONS = frozenset(
-    {"model_error", "auth_failed", "timeout", "cli_died", "connect_failed", "resume_rejected"}
-)
 AUTH_HINT = (
     "the model API rejected the API key: check ANTHROPIC_API_KEY in vigil's environment "
     f"(this job's beats now pause for at least {AUTH_PAUSE.total_seconds() / 60:.0f} minutes, "
     "doubling, until a beat succeeds; `vigil beat` tries at once)"
 )
-
-
-@dataclass
-class ResumePoint:
-    """Set after healing an interrupted turn: the next connect drops that half turn."""
-
-    resume_at: str | None
-    drops_turn: str | None
-    fresh_session: bool = False  # nothing completed yet: start the session afresh
 
 
 @dataclass
@@ -79,9 +65,8 @@ class BeatRunner:
         self.cwd = cwd
         self.turn_timeout = turn_timeout
         self.has_transcript = has_transcript
-        self.resume_point: ResumePoint | None = None
+        self.on_interrupted = "replay"  # the job's policy: cut an interrupted turn or not
         self.last: BeatResult | None = None
-        self.failures = 0  # failed beats in a row (BACKOFF_REASONS), in this process
         self._write_failure: str | None = None  # why the open turn's end is not journaled
         self.quiet_rule = QuietRule()
 
@@ -105,11 +90,13 @@ class BeatRunner:
         *,
         due_at: str | None = None,
         waited_s: float | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> BeatResult:
         """Run one turn. Callers must check :attr:`busy` first (one turn at a time).
 
         ``due_at`` and ``waited_s`` (the wait for a turn slot) are journaled with the
-        turn's start, so the delay from due to first delta can be read back."""
+        turn's start, so the delay from due to first delta can be read back; ``extra``
+        adds fields to it (``request`` of ``vigil send``, ``queued`` message ids)."""
         conv = self.conversation
         if conv.busy:
             return self.skip("previous_turn_running", "a beat came due while a turn was running")
@@ -129,25 +116,20 @@ class BeatRunner:
                         waited_s=waited_s,
                     ),
                     "prompt_uuid": prompt_uuid,
+                    **(extra or {}),
                 }
             )
             try:
                 result = await self._run(turn, prompt, prompt_uuid)
             except JournalWriteError as exc:
                 # Not every event of this turn could be journaled (disk full): the
-                # journal is the truth, so the next connect resumes without this turn,
-                # and the next beat closes it as failed once records can be written.
-                self.resume_point = ResumePoint(
-                    conv.state.resume_at, prompt_uuid, conv.state.resume_at is None
-                )
+                # journal is the truth, so the next beat closes it as failed once
+                # records can be written, and the connect after that resumes without it
+                # (the state's pending cut).
                 self._write_failure = str(exc)
                 await self.agent.disconnect()
                 raise
             self.last = result
-            if result.outcome == "completed":
-                self.failures = 0
-            elif result.reason in BACKOFF_REASONS:
-                self.failures += 1
             return result
         finally:
             conv.busy = False
@@ -186,7 +168,7 @@ class BeatRunner:
         if dangling is None:
             return
         detail = self._write_failure or "the turn's end could not be journaled"
-        self.conversation.record(ev.turn_failed(dangling.turn, "journal_write_failed", detail))
+        self.conversation.record(ev.turn_failed(dangling.turn, WRITE_FAILED, detail))
         self._write_failure = None
 
     def _end(self, turn: int, outcome: TurnOutcome) -> BeatResult:
@@ -213,6 +195,14 @@ class BeatRunner:
         self.conversation.record(ev.turn_failed(turn, reason, detail))
         return BeatResult(turn, "failed", reason, detail)
 
+    def _cut(self) -> PendingCut | None:
+        """The turn the next connect drops, if any: one the journal could not hold, or
+        an interrupted one when ``on_interrupted`` is ``replay`` or ``drop``."""
+        cut = self.conversation.state.pending_cut
+        if cut is None or cut.cause == "write_failed" or self.on_interrupted != "continue":
+            return cut
+        return None
+
     async def _ensure_connected(self) -> None:
         if self.agent.connected:
             exit_code = self.agent.cli_exit_code()
@@ -224,16 +214,16 @@ class BeatRunner:
             await self.agent.disconnect()
         conv = self.conversation
         session_id = conv.state.session_id
-        if session_id is None or (self.resume_point and self.resume_point.fresh_session):
-            session_id = str(uuid.uuid4())
+        cut = self._cut()
+        if session_id is None or (cut is not None and cut.resume_at is None):
+            session_id = str(uuid.uuid4())  # nothing completed to resume: start afresh
             plan = ConnectPlan(session_id, resume=False)
         elif self.has_transcript(session_id):
-            point = self.resume_point
             plan = ConnectPlan(
                 session_id,
                 resume=True,
-                resume_at=point.resume_at if point else None,
-                drops_turn=point.drops_turn if point else None,
+                resume_at=cut.resume_at if cut else None,
+                drops_turn=cut.drops_turn if cut else None,
             )
         else:
             # The session was assigned but no transcript of it reached the store (the
@@ -253,5 +243,4 @@ class BeatRunner:
             # check: a plain resume would show the model the half turns.
             plan = ConnectPlan(session_id, resume=True, resume_at=plan.resume_at)
             await self.agent.connect(plan)
-        self.resume_point = None
         conv.record(ev.session_bound(session_id, self.cwd, mode="resume" if plan.resume else "new"))

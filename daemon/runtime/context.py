@@ -19,7 +19,6 @@ from typing import Any, Protocol
 from structlog.typing import FilteringBoundLogger
 
 from daemon.agent.pool import ClientPool
-from daemon.agent.store import JournalSessionStore
 from daemon.config.model import Config
 from daemon.errors import JournalFatalError, JournalWriteError, VigilError
 from daemon.events import Event
@@ -55,6 +54,12 @@ class Schedule(Protocol):
     def remove(self, name: str) -> None: ...
 
     def next_due(self, name: str) -> datetime | None: ...
+
+
+class TranscriptIndex(Protocol):
+    """What the runtime asks the transcript store (:class:`JournalSessionStore`)."""
+
+    def has_session(self, session_id: str) -> bool: ...
 
 
 class MirrorSink(Protocol):
@@ -101,7 +106,7 @@ class Runtime:
     health: Health
     pool: ClientPool
     logs: EventLogStore
-    transcripts: JournalSessionStore
+    transcripts: TranscriptIndex
     mirror: MirrorSink
     make_agent: AgentFactory
     schedule: Schedule
@@ -112,6 +117,10 @@ class Runtime:
     waiting: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # beats without a slot
     draining: bool = False
     heads: HeadsKeeper | None = None  # state_dir/heads; None: not kept (tests, other backends)
+    # Every conversation also tells these of each journaled event (metrics), and times
+    # its journal's appends and syncs with ``timing``.
+    listeners: list[Callable[[str, int, Event], None]] = field(default_factory=list)
+    timing: Callable[[str, float], None] | None = None
 
     def live_jobs(self) -> list[Job]:
         return [j for j in self.jobs.values() if not j.retired]

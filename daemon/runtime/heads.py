@@ -5,7 +5,7 @@ opened, and committed after each turn boundary (the journal synced first)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from structlog.typing import FilteringBoundLogger
 
@@ -18,7 +18,10 @@ from daemon.ports.eventlog import EventLog
 __all__ = ["HeadsKeeper"]
 
 
+@runtime_checkable
 class TranscriptHeads(Protocol):
+    """A transcript store that knows its streams' heads (the file store does)."""
+
     def heads(self) -> dict[str, tuple[int, int, str]]: ...
 
 
@@ -65,10 +68,12 @@ class HeadsKeeper:
         if problems:
             raise JournalRollbackError(self.file.path, [p.describe() for p in problems])
 
-    def note(self, name: str, journal: EventLog, transcripts: TranscriptHeads) -> None:
+    def note(self, name: str, journal: EventLog, transcripts: object) -> None:
         if isinstance(journal, Journal) and journal.last_seq:
             key = conversation_key(name)
             self.heads[key] = Head(journal.last_seq, journal.size, journal.last_digest)
+        if not isinstance(transcripts, TranscriptHeads):
+            return  # another backend: its own fences
         for file_name, (seq, size, digest) in transcripts.heads().items():
             self.heads[f"transcripts/{file_name}"] = Head(seq, size, digest)
 

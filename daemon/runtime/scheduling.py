@@ -112,7 +112,7 @@ class Scheduling:
             return
         previous = job.interval
         self.reschedule(job)
-        failures = job.runner.failures
+        failures = job.ledger.failures
         self.rt.log.info(
             "failure_backoff" if failures else "idle_backoff",
             job=job.name,
