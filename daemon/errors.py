@@ -227,9 +227,10 @@ class HeadsError(VigilError):
 
     exit_code = 4
 
-    def __init__(self, path: Path, problem: str) -> None:
+    def __init__(self, path: Path, problem: str, *, key_id: str | None = None) -> None:
         self.path = path
         self.problem = problem
+        self.key_id = key_id  # set when the keyring lacks the key it was sealed with
         super().__init__(
             f"{path}: {problem}; it commits to how far each journal reaches. Restore it "
             "from a backup, or delete it to commit to the journals as they are"

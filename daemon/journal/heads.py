@@ -105,7 +105,11 @@ class HeadsFile:
             frame = open_line(self.keyring, _STREAM, raw.rstrip(b"\n"))
             doc = json.loads(frame.payload)
             return {k: Head(int(v[0]), int(v[1]), str(v[2])) for k, v in doc["heads"].items()}
-        except (FrameError, ValueError, KeyError, TypeError, IndexError) as exc:
+        except FrameError as exc:
+            raise HeadsError(
+                self.path, f"does not authenticate or parse ({exc})", key_id=exc.key_id
+            ) from None
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise HeadsError(self.path, f"does not authenticate or parse ({exc})") from None
 
     def save(self, heads: Mapping[str, Head], *, fsync: bool = True) -> None:

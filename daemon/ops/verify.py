@@ -255,6 +255,7 @@ def head_findings(state_dir: Path, keyring: Keyring) -> list[JournalFinding]:
     if committed is None:
         return []
     found: dict[str, Head | None] = {}
+    damaged: set[str] = set()
     for key, head in committed.items():
         path = state_dir / key
         if not path.exists():
@@ -271,8 +272,10 @@ def head_findings(state_dir: Path, keyring: Keyring) -> list[JournalFinding]:
         try:
             result = scan(path, stream, keyring, visit)
         except VigilError:
-            continue  # damage: reported by the journal's own check
+            damaged.add(key)  # reported by the journal's own check
+            continue
         found[key] = Head(result.last_seq, result.good_end, at[0] if at else "")
+    committed = {k: h for k, h in committed.items() if k not in damaged}
     return [
         JournalFinding(str(state_dir / p.key), p.what, None, p.committed.seq, p.describe())
         for p in scan_problems(committed, found)

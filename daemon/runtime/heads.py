@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 
 from structlog.typing import FilteringBoundLogger
 
-from daemon.errors import JournalRollbackError
+from daemon.errors import HeadsError, JournalRollbackError
 from daemon.journal.file import JOURNAL_SUFFIX, FsyncPolicy, Journal
 from daemon.journal.heads import Head, HeadProblem, HeadsFile, stat_problems
 from daemon.journal.keyring import Keyring
@@ -39,15 +39,29 @@ class HeadsKeeper:
         self.log = log
         self.heads: dict[str, Head] = {}
         self.created = False
+        self.deferred: HeadsError | None = None
 
     def check_at_start(self) -> None:
         """Refuse journals shorter than committed, or gone (reads no journal)."""
-        committed = self.file.load()
+        try:
+            committed = self.file.load()
+        except HeadsError as exc:
+            if exc.key_id is None or exc.key_id in self.file.keyring.key_ids:
+                raise
+            # Sealed with a key this keyring lacks: most likely the wrong key file,
+            # which opening the journals reports better (exit 3, naming a journal).
+            self.deferred = exc
+            return
         if committed is None:
             self.created = True
             return
         self._refuse(stat_problems(self.state_dir, committed))
         self.heads = dict(committed)
+
+    def check_deferred(self) -> None:
+        """The journals opened with this keyring, the heads file did not: refuse."""
+        if self.deferred is not None:
+            raise self.deferred
 
     def check_opened(self, name: str, journal: EventLog) -> None:
         """A journal just opened (and read): not behind its head, and its last record

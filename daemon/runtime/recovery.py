@@ -82,6 +82,8 @@ class Recovery:
             for job_cfg in order:
                 self._extend_start_timeout()
                 opened[job_cfg.name] = self.open_conversation(job_cfg, folded.get(job_cfg.name))
+            if rt.heads is not None:
+                rt.heads.check_deferred()
         except Exception:
             for conv, _ in opened.values():
                 conv.close()
