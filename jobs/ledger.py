@@ -12,7 +12,7 @@ It reads the raw event dicts (``type``, ``at``, ...) of vigil's journal schema.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Literal
 
@@ -25,6 +25,19 @@ __all__ = ["JobLedger", "OpenDelivery"]
 def _when(event: Mapping[str, Any]) -> datetime | None:
     at = event.get("at")
     return parse_at(at) if isinstance(at, str) and at else None
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
+
+
+def _from_iso(text: object) -> datetime | None:
+    if text is None:
+        return None
+    when = datetime.fromisoformat(str(text))
+    if when.tzinfo is None:
+        raise ValueError("job ledger: an instant without its offset")
+    return when
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,47 @@ class JobLedger:
         elif isinstance(kind, str) and kind.startswith("delivery_"):
             self._delivery(kind, event)
 
+    # --- a plain-dict form, for start-up checkpoints (daemon.journal.checkpoint) ------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; :meth:`from_dict` inverts it exactly."""
+        return {
+            "spend": self.spend.to_dict(),
+            "quiet_streak": self.quiet_streak,
+            "last_due_at": _iso(self.last_due_at),
+            "last_started_at": _iso(self.last_started_at),
+            "open_deliveries": [
+                [d.delivery, d.turn, d.sink, d.attempt, d.state]
+                for d in self.open_deliveries.values()
+            ],
+            "failures": self.failures,
+            "last_failure_reason": self.last_failure_reason,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobLedger:
+        """Raises ``ValueError`` (or ``KeyError``/``TypeError``) for anything but what
+        :meth:`to_dict` writes; every key must be there, and no other."""
+        if set(data) != _LEDGER_KEYS:
+            raise ValueError(f"job ledger fields differ: {sorted(set(data) ^ _LEDGER_KEYS)}")
+        deliveries: dict[str, OpenDelivery] = {}
+        for delivery, turn, sink, attempt, state in data["open_deliveries"]:
+            if state not in ("started", "retry_pending"):
+                raise ValueError(f"job ledger: delivery state {state!r}")
+            deliveries[str(delivery)] = OpenDelivery(
+                str(delivery), int(turn), str(sink), int(attempt), state
+            )
+        reason = data["last_failure_reason"]
+        return cls(
+            SpendLedger.from_dict(data["spend"]),
+            int(data["quiet_streak"]),
+            _from_iso(data["last_due_at"]),
+            _from_iso(data["last_started_at"]),
+            deliveries,
+            int(data["failures"]),
+            None if reason is None else str(reason),
+        )
+
     def _delivery(self, kind: str, event: Mapping[str, Any]) -> None:
         delivery = str(event.get("delivery", ""))
         if kind in ("delivery_done", "delivery_unknown"):
@@ -95,3 +149,6 @@ class JobLedger:
                 self.open_deliveries[delivery] = OpenDelivery(
                     entry.delivery, entry.turn, entry.sink, entry.attempt, "retry_pending"
                 )
+
+
+_LEDGER_KEYS = frozenset(f.name for f in fields(JobLedger))

@@ -86,6 +86,9 @@ class DaemonConfig(BaseModel):
     client_idle_timeout: Annotated[
         Duration, _at_least(timedelta(seconds=1), "a client needs at least 1s to be useful")
     ] = timedelta(minutes=5)
+    # Start-up checkpoints: a turn's end writes one once this many records were
+    # journaled since the last (0: only at shutdown and after a start's full read).
+    checkpoint_every: Annotated[int, Field(ge=0)] = 200
 
     @property
     def mirror_file(self) -> Path:

@@ -8,8 +8,8 @@ memory, so a thousand long conversations cost little.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from daemon import events as ev
@@ -89,6 +89,34 @@ class ConversationState:
             self.open_turn = None
         elif kind == "turn_failed":
             self.open_turn = None
+
+    # --- a plain-dict form, for start-up checkpoints (daemon.journal.checkpoint) ------
+
+    _TURNS = ("open_turn", "interrupted")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as JSON-ready values (the events' own values, turns as dicts)."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key in self._TURNS:
+            if out[key] is not None:
+                out[key] = asdict(out[key])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConversationState:
+        """The inverse of :meth:`to_dict`; raises ``ValueError`` unless ``data`` holds
+        exactly this class's fields (one written by another version of the fold)."""
+        names = {f.name for f in fields(cls)}
+        if set(data) != names:
+            raise ValueError(f"conversation state fields differ: {sorted(set(data) ^ names)}")
+        values = dict(data)
+        try:
+            for key in cls._TURNS:
+                if values[key] is not None:
+                    values[key] = OpenTurn(**values[key])
+            return cls(**values)
+        except TypeError as exc:  # not an object, or other fields than OpenTurn's
+            raise ValueError(f"conversation state: {exc}") from None
 
 
 class Conversation:

@@ -93,6 +93,8 @@ def scan(
     stream_id: str,
     keyring: Keyring,
     visit: Visitor | None = None,
+    *,
+    after: tuple[int, int] = (0, 0),
 ) -> ScanResult:
     """Authenticate every record of ``path`` in order, calling ``visit`` for each.
 
@@ -100,15 +102,17 @@ def scan(
     ``JournalCorruptError`` for damage followed by a good record or for a complete,
     authentic record out of sequence; ``JournalVersionError`` for a newer format;
     ``WrongKeyError`` when the keyring cannot decrypt the file at all. Reads only.
+    ``after`` = (byte offset, sequence): read on from there, the end of that record
+    (known good: a checkpoint's anchor); the result counts the records before it.
     """
-    last_seq = 0
-    offset = 0
-    good_end = 0
-    count = 0
+    offset, last_seq = after
+    good_end = offset
+    count = last_seq  # record n is on line n
     first_bad: tuple[int, int, FrameError | None, str] | None = None
     damaged: list[tuple[int, bytes]] = []  # the lines from first_bad on
     with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+        f.seek(offset)
+        for lineno, raw in enumerate(f, start=last_seq + 1):
             start, offset = offset, offset + len(raw)
             if not raw.endswith(b"\n"):
                 if first_bad is None:
