@@ -35,6 +35,7 @@ from daemon.journal.logstore import conversation_names, journal_path
 from daemon.layout import Layout
 from daemon.mirror.db import ConversationSummary, Hit, Mirror
 from daemon.mirror.rebuild import RebuildProgress, RebuildStats, rebuild
+from daemon.ops.checkpoints import rewrite_checkpoints
 from daemon.ops.reencrypt import rotate_and_reencrypt
 from daemon.ops.verify import verify
 
@@ -69,7 +70,8 @@ def add_commands(
         description="Deletes the mirror's rows (all, or one conversation's) and replays them "
         "from the encrypted journals: a progress bar on a terminal, one summary line "
         "otherwise. Safe while the daemon runs: all conversations are replaced in one "
-        "transaction (the daemon's updates wait for it); one conversation in its own.",
+        "transaction (the daemon's updates wait for it); one conversation in its own. "
+        "Then rewrites the start-up checkpoints (state_dir/checkpoints) from a full read.",
     )
     p.add_argument("name", nargs="?", help="only this conversation")
     p.add_argument(
@@ -191,12 +193,17 @@ def cmd_rebuild(config: Config, name: str | None, workers: int | None, *, as_jso
             )
     finally:
         mirror.close()
+    # The start-up checkpoints are derived too: fresh ones from a full fold.
+    layout = _layout(config)
+    names = conversation_names(directory) if name is None else [name]
+    rewritten = rewrite_checkpoints(directory, layout.checkpoints, keyring, names, workers=workers)
     if as_json:
-        _print_json({"mirror": str(path), **stats.as_json()})
+        _print_json({"mirror": str(path), **stats.as_json(), "checkpoints": rewritten})
     else:
         print(
             f"rebuilt {path}: {stats.records} records, {stats.conversations} conversations "
-            f"in {stats.seconds:.2f} s ({stats.rate:,.0f} records/s)"
+            f"in {stats.seconds:.2f} s ({stats.rate:,.0f} records/s); "
+            f"{rewritten} start-up checkpoints rewritten"
         )
     return _first_error(stats)
 

@@ -8,6 +8,10 @@ replayed at the same time into a fresh in-memory mirror, whose rows are compared
 with the live mirror's, row by row. While a daemon runs, each conversation is
 compared up to the last record the live mirror has applied (it may lag by a few
 records it has not flushed yet); with no daemon, the mirror must hold everything.
+
+Each start-up checkpoint is compared with the same read's fold of its journal up to
+the record it covers (:mod:`daemon.ops.checkpoints`); one that differs, does not match
+the journal or has no journal is a warning with its fix, not a failure: it is derived.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from daemon.journal.logstore import conversation_names, journal_path
 from daemon.layout import Layout
 from daemon.mirror.db import DumpRow, Mirror, MirrorError, Sink
 from daemon.mirror.schema import DUMP_COLUMNS
+from daemon.ops.checkpoints import CheckpointCheck, CheckpointProbe, orphan_checkpoints
 
 FindingKind = Literal["torn_tail", "corrupt", "newer_format", "wrong_key", "unreadable"]
 MAX_DIFFERENCES = 20
@@ -118,6 +123,8 @@ class VerifyReport:
     daemon_running: bool = False
     differences: list[MirrorDifference] = field(default_factory=list)
     differences_total: int = 0
+    # Start-up checkpoints compared with a full fold: derived, so warnings, not failures.
+    checkpoints: list[CheckpointCheck] = field(default_factory=list)
 
     @property
     def findings(self) -> list[JournalFinding]:
@@ -145,6 +152,7 @@ class VerifyReport:
                 "differences_total": self.differences_total,
                 "differences": [d.as_json() for d in self.differences],
             },
+            "checkpoints": [c.as_json() for c in self.checkpoints],
         }
 
     def render(self) -> str:
@@ -174,6 +182,16 @@ class VerifyReport:
             lines.append(f"  … and {self.differences_total - len(self.differences)} more")
         if self.differences_total or self.mirror_problem:
             lines.append("  fix: `vigil rebuild` (the mirror is derived; never patch it)")
+        warnings = [c for c in self.checkpoints if c.warning]
+        lines.append(
+            f"checkpoints: {len(self.checkpoints)}, "
+            + (
+                f"{len(warnings)} warnings (derived: not counted as damage)"
+                if warnings
+                else "all match"
+            )
+        )
+        lines += [f"  warning: {c.describe()}" for c in warnings]
         lines.append("OK" if self.ok else "FAILED")
         return "\n".join(lines) + "\n"
 
@@ -202,12 +220,20 @@ def verify(
             if live is not None:
                 live.db.close()
     rebuilt = Mirror.open(":memory:")
-    for name in conversation_names(layout.conversations):
+    names = conversation_names(layout.conversations)
+    for name in names:
         path = journal_path(layout.conversations, name)
         limit = None if upto is None else upto.get(name, 0)
+        probe = CheckpointProbe.open(layout.checkpoints, keyring, name)  # before the journal
         report.journals.append(
-            _check_conversation(rebuilt, path, name, keyring, limit, live=report.daemon_running)
+            _check_conversation(
+                rebuilt, path, name, keyring, limit, live=report.daemon_running, probe=probe
+            )
         )
+        checked = probe.result(path)
+        if checked is not None:
+            report.checkpoints.append(checked)
+    report.checkpoints += orphan_checkpoints(layout.checkpoints, names)
     for path in sorted(layout.transcripts.glob(f"*{JOURNAL_SUFFIX}")):
         stream = f"t:{path.name[: -len(JOURNAL_SUFFIX)]}"
         report.journals.append(check_journal(path, stream, keyring, live=report.daemon_running))
@@ -225,15 +251,27 @@ def verify(
 
 
 def _check_conversation(
-    rebuilt: Mirror, path: Path, name: str, keyring: Keyring, limit: int | None, *, live: bool
+    rebuilt: Mirror,
+    path: Path,
+    name: str,
+    keyring: Keyring,
+    limit: int | None,
+    *,
+    live: bool,
+    probe: CheckpointProbe | None = None,
 ) -> JournalCheck:
-    """Authenticate one conversation journal while replaying it into ``rebuilt``."""
+    """Authenticate one conversation journal while replaying it into ``rebuilt`` (and
+    folding it for ``probe``, the checkpoint's comparison)."""
     result: list[JournalCheck] = []
 
     def feed(sink: Sink) -> None:
         def visit(fr: Any) -> None:
+            event = None
             if limit is None or fr.seq <= limit:
-                sink(fr.seq, decode_payload(fr.payload))
+                event = decode_payload(fr.payload)
+                sink(fr.seq, event)
+            if probe is not None and probe.wants(fr.seq):
+                probe.feed(fr.seq, event if event is not None else decode_payload(fr.payload))
 
         result.append(check_journal(path, name, keyring, visit, live=live))
 

@@ -12,12 +12,11 @@ and whether the beat runs again at once.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.agent.sdk import preload_sdk
+from daemon.agent.sdk import join_sdk_import, start_sdk_import
 from daemon.config.model import HeartbeatConfig
 from daemon.events import Trigger
 from daemon.journal.conversation import Conversation, ConversationState
@@ -95,12 +94,11 @@ class Recovery:
         from_checkpoints = self._load_checkpoints(existing)
         rest = [(path, name) for path, name in existing if name not in from_checkpoints]
         self.read_workers = worker_count(path for path, _ in rest)
-        # The SDK's import (about a second) overlaps the workers' read; without
-        # workers it runs here. Either way it is done before READY, so no beat stalls
-        # the event loop importing it.
-        preload = threading.Thread(target=preload_sdk, name="preload-sdk", daemon=True)
+        # The SDK's import (about a second) overlaps the workers' read, on a thread
+        # started once they are forked; without workers it starts once READY is out
+        # (the supervisor's start_sdk_import), and a beat's connect waits for it.
         try:
-            folded = fold_all(rest, rt.keyring, self.read_workers, meanwhile=preload.start)
+            folded = fold_all(rest, rt.keyring, self.read_workers, meanwhile=start_sdk_import)
             folded.update(from_checkpoints)
             for job_cfg in order:
                 self._extend_start_timeout()
@@ -110,10 +108,7 @@ class Recovery:
                 conv.close()
             self.restore_mirror()
             raise
-        if preload.ident is None:
-            preload_sdk()
-        else:
-            preload.join()
+        join_sdk_import()  # when it overlapped the workers' read; else not started yet
         replays: dict[str, Replay] = {}
         for job_cfg in rt.config.heartbeats:
             self._extend_start_timeout()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.agent.pool import ClientPool
-from daemon.agent.sdk import AgentSession
+from daemon.agent.sdk import AgentSession, start_sdk_import
 from daemon.agent.store import JournalSessionStore
 from daemon.config.model import Config
 from daemon.errors import DirectoryError
@@ -159,6 +159,7 @@ class Supervisor:
         control = ControlServer(self.layout.runtime_dir / SOCKET_NAME, self)
         await control.start()
         self.notifier.notify("READY=1\nSTATUS=" + status_line(rt))
+        start_sdk_import()  # unless the workers' read overlapped it; connects wait for it
         self.log.info("ready", jobs=sorted(rt.jobs), state_dir=str(self.layout.state_dir))
         workers = self.recovery.mirror_workers
         mirroring = asyncio.create_task(mirror.build(workers), name="mirror")
