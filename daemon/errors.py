@@ -33,7 +33,7 @@ class WrongKeyError(VigilError):
 
     exit_code = 3
 
-    def __init__(self, journal: Path, key_id: str, keyring: str) -> None:
+    def __init__(self, journal: Path | str, key_id: str, keyring: str) -> None:
         self.journal = journal
         self.key_id = key_id
         self.keyring = keyring
@@ -48,7 +48,7 @@ class JournalCorruptError(VigilError):
 
     exit_code = 4
 
-    def __init__(self, path: Path, line: int, seq: int | None, problem: str) -> None:
+    def __init__(self, path: Path | str, line: int, seq: int | None, problem: str) -> None:
         self.path = path
         self.line = line
         self.seq = seq

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
 from jobs.cost import CostSteps, add_cost
 
-__all__ = ["SpendLedger", "local_day", "parse_at", "turn_cost_steps"]
+__all__ = ["SpendLedger", "local_day", "local_day_bounds", "parse_at", "turn_cost_steps"]
 
 # Results older than this (before the newest) cannot fall on "today" in any time zone.
 _KEEP = timedelta(days=2, hours=2)
@@ -31,6 +31,14 @@ def parse_at(text: str) -> datetime:
 def local_day(when: datetime, zone: tzinfo) -> date:
     """The day ``when`` falls on in ``zone``: the one rule for "spend today"."""
     return when.astimezone(zone).date()
+
+
+def local_day_bounds(day: date, zone: tzinfo) -> tuple[datetime, datetime]:
+    """The UTC instants ``[start, end)`` of ``day`` in ``zone`` (what :func:`local_day`
+    maps to ``day``), for readers that select by time, such as the mirror."""
+    start = datetime.combine(day, time(0), tzinfo=zone)
+    end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone)
+    return start.astimezone(UTC), end.astimezone(UTC)
 
 
 @dataclass

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import stat
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,13 @@ def start_up(directory: Path, ckpts: Path, name: str) -> tuple[Conversation, Job
     return conv, ledger, False
 
 
-PLANS = [("completed", 3, 2), ("quiet", 1, 1), ("retrying", 2, 3), ("failed", 0, 0)] * 3
+PLANS = [
+    ("completed", 3, 2),
+    ("interrupted", 1, 1),
+    ("quiet", 1, 1),
+    ("retrying", 2, 3),
+    ("failed", 0, 0),
+] * 3
 
 
 @pytest.fixture
@@ -171,6 +177,21 @@ def test_state_and_ledger_round_trip_through_plain_dicts_with_every_field() -> N
     ledger2 = JobLedger.from_dict(json.loads(json.dumps(ledger.to_dict())))
     assert state2 == state and ledger2 == ledger
     assert state.open_turn is not None and ledger.open_deliveries and ledger.spend._steps
+    assert state.interrupted is None and state.pending_cut is not None
+
+
+def test_every_field_that_holds_a_dataclass_is_rebuilt_as_one() -> None:
+    """A field added to the fold with a dataclass value must be listed in NESTED, or its
+    checkpoint would not hold plain JSON (and the fold's fingerprint would not see it)."""
+    state, _ = fold(events_of(PLANS, last_open=True))
+    state.interrupted = state.open_turn  # every optional field set
+    nested = dict(ConversationState.NESTED)
+    for f in fields(ConversationState):
+        value = getattr(state, f.name)
+        assert value is not None or f.name in ("_pending_resume_at",), f.name
+        if is_dataclass(value):
+            assert isinstance(value, nested[f.name]), f.name
+    assert ConversationState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
 
 
 def test_a_dict_from_another_fold_is_refused() -> None:

@@ -11,8 +11,10 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, date
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,6 +30,7 @@ from daemon.mirror.db import Mirror, MirrorError, events_feed
 from daemon.mirror.rebuild import RebuildProgress, rebuild
 from daemon.mirror.workers import Job, RebuildWorkerError, WorkerPool
 from daemon.ops.verify import check_index
+from jobs.budget import local_day_bounds
 
 AT = "2026-11-21T10:00:00.000Z"
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "inbox"]
@@ -301,9 +304,17 @@ def test_cost_is_the_step_of_each_sessions_running_total() -> None:
     mirror.flush()
     rows = mirror.db.execute("SELECT cost_usd, input_tokens FROM turns ORDER BY turn").fetchall()
     assert [tuple(r) for r in rows] == [(0.1, 101), (0.15, 102), (0.05, 103)]
-    (summary,) = mirror.conversations(today="2026-11-21")
+    (summary,) = mirror.conversations(lambda _name: local_day_bounds(date(2026, 11, 21), UTC))
     assert summary.spend_today_usd == 0.3
-    assert mirror.conversations(today="2026-11-22")[0].spend_today_usd == 0
+    next_day = mirror.conversations(lambda _name: local_day_bounds(date(2026, 11, 22), UTC))
+    assert next_day[0].spend_today_usd == 0
+    # "today" is the job's own day: at 10:00 UTC on the 21st it is already midnight
+    # of the 22nd on Kiritimati (UTC+14).
+    kiritimati = ZoneInfo("Pacific/Kiritimati")
+    (there,) = mirror.conversations(lambda _n: local_day_bounds(date(2026, 11, 22), kiritimati))
+    assert there.spend_today_usd == 0.3
+    (before,) = mirror.conversations(lambda _n: local_day_bounds(date(2026, 11, 21), kiritimati))
+    assert before.spend_today_usd == 0
 
 
 # ---------------------------------------------------------------- idempotency, purge, replay

@@ -17,6 +17,7 @@ import pwd
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -38,6 +39,7 @@ from daemon.mirror.rebuild import RebuildProgress, RebuildStats, rebuild
 from daemon.ops.checkpoints import rewrite_checkpoints
 from daemon.ops.reencrypt import rotate_and_reencrypt
 from daemon.ops.verify import verify
+from jobs.budget import local_day, local_day_bounds
 
 VERIFY_FAILED = 8
 PARALLEL_BYTES = 32 << 20  # below this, starting worker processes costs more than it saves
@@ -318,8 +320,16 @@ def _marked(snippet: str) -> Text:
 
 
 def cmd_sessions(config: Config, *, as_json: bool) -> int:
+    now = datetime.now(UTC)
+    zones = {job.name: job.zone for job in config.heartbeats}
+
+    def today(name: str) -> tuple[datetime, datetime]:
+        """Today in the job's timezone, as ``vigil status`` and the budget count it."""
+        zone = zones.get(name, UTC)
+        return local_day_bounds(local_day(now, zone), zone)
+
     with _reader(config) as mirror:
-        rows = mirror.conversations()
+        rows = mirror.conversations(today)
     if as_json:
         _print_json([r.as_json() for r in rows])
     elif sys.stdout.isatty():

@@ -41,7 +41,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 
 from daemon.fsutil import write_file_atomically
-from daemon.journal.conversation import ConversationState, OpenTurn
+from daemon.journal.conversation import ConversationState
 from daemon.journal.framing import NONCE_BYTES
 from daemon.journal.keyring import Keyring
 from jobs.ledger import JobLedger, OpenDelivery
@@ -73,7 +73,8 @@ _TAIL_READ = 1 << 16  # the last covered line is looked for in blocks of this si
 
 def _fold_fingerprint() -> str:
     parts = [str(FOLD_VERSION)]
-    for cls in (ConversationState, OpenTurn, JobLedger, OpenDelivery):
+    nested = sorted({kind for _, kind in ConversationState.NESTED}, key=lambda k: k.__name__)
+    for cls in (ConversationState, *nested, JobLedger, OpenDelivery):
         parts.append(cls.__name__ + ":" + ",".join(f.name for f in fields(cls)))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from daemon import events as ev
 from daemon.events import Event, event_type
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 Listener = Callable[[str, int, Event], None]
 HEALED_REASON = "daemon_stopped_mid_turn"
+WRITE_FAILED = "journal_write_failed"  # a turn whose events the journal could not hold
 
 
 @dataclass
@@ -33,6 +34,20 @@ class OpenTurn:
     trigger: str
     prompt_uuid: str | None = None
     deltas: int = 0
+
+
+@dataclass(frozen=True)
+class PendingCut:
+    """A turn the model must not see, journaled as ended but not yet cut from the
+    CLI's transcript: the next connect resumes at ``resume_at`` (the last completed
+    turn's last assistant message; None: nothing completed, start afresh) dropping
+    the turn whose prompt uuid is ``drops_turn``. ``cause``: ``interrupted`` (a crash
+    healed at start, or a drain; the job's ``on_interrupted`` decides whether to cut)
+    or ``write_failed`` (the journal could not hold the turn: always cut)."""
+
+    resume_at: str | None
+    drops_turn: str | None
+    cause: str
 
 
 @dataclass
@@ -48,6 +63,9 @@ class ConversationState:
     # The last turn was interrupted (a crash healed at start, or a drain) and no turn
     # has started since: the next connect must drop its half (``on_interrupted``).
     interrupted: OpenTurn | None = None
+    # Set when a turn ends interrupted or unjournaled; cleared by the next connect
+    # (``session_bound``): the one place the resume point is kept.
+    pending_cut: PendingCut | None = None
     _pending_resume_at: str | None = field(default=None, repr=False)
 
     def feed(self, event: Event) -> None:
@@ -56,10 +74,12 @@ class ConversationState:
         if kind == "session_bound":
             self.session_id = event.get("session_id")
             self.cwd = event.get("cwd")
+            self.pending_cut = None
         elif kind == "forked":  # the first record of a fork: its session, cut at a turn
             self.session_id = event.get("session_id")
             self.cwd = event.get("cwd")
             self.resume_at = event.get("resume_at")
+            self.pending_cut = None
             source_turn = event.get("source_turn")
             if isinstance(source_turn, int):
                 self.next_turn = max(self.next_turn, source_turn + 1)
@@ -86,18 +106,30 @@ class ConversationState:
             self.open_turn = None
         elif kind == "turn_interrupted":
             self.interrupted = self.open_turn
+            self._cut(self.open_turn, "interrupted")
             self.open_turn = None
         elif kind == "turn_failed":
+            if event.get("reason") == WRITE_FAILED:
+                self._cut(self.open_turn, "write_failed")
             self.open_turn = None
+
+    def _cut(self, turn: OpenTurn | None, cause: str) -> None:
+        if turn is not None:
+            self.pending_cut = PendingCut(self.resume_at, turn.prompt_uuid, cause)
 
     # --- a plain-dict form, for start-up checkpoints (daemon.journal.checkpoint) ------
 
-    _TURNS = ("open_turn", "interrupted")
+    # Fields that hold a dataclass: (field, its class), rebuilt by ``from_dict``.
+    NESTED: ClassVar[tuple[tuple[str, type[OpenTurn] | type[PendingCut]], ...]] = (
+        ("open_turn", OpenTurn),
+        ("interrupted", OpenTurn),
+        ("pending_cut", PendingCut),
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as JSON-ready values (the events' own values, turns as dicts)."""
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key in self._TURNS:
+        for key, _ in self.NESTED:
             if out[key] is not None:
                 out[key] = asdict(out[key])
         return out
@@ -111,11 +143,11 @@ class ConversationState:
             raise ValueError(f"conversation state fields differ: {sorted(set(data) ^ names)}")
         values = dict(data)
         try:
-            for key in cls._TURNS:
+            for key, kind in cls.NESTED:
                 if values[key] is not None:
-                    values[key] = OpenTurn(**values[key])
+                    values[key] = kind(**values[key])
             return cls(**values)
-        except TypeError as exc:  # not an object, or other fields than OpenTurn's
+        except TypeError as exc:  # not an object, or other fields than its class's
             raise ValueError(f"conversation state: {exc}") from None
 
 

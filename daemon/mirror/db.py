@@ -83,6 +83,7 @@ from daemon.mirror.schema import (
     TURN_INSERT,
     TURN_UPSERT,
 )
+from jobs.budget import local_day_bounds
 
 FLUSH_EVERY = 512
 FLUSH_INTERVAL = 0.2  # seconds
@@ -91,6 +92,9 @@ REBUILD_CHUNK = 20_000  # records of one conversation folded before its rows are
 _MARK = ("\x02", "\x03")  # snippet() markers, replaced by the caller's
 Sink = Callable[[int, Event], None]
 Feed = Callable[[Sink], object]
+
+
+DayBounds = Callable[[str], tuple[datetime, datetime]]
 
 
 class MirrorError(VigilError):
@@ -587,10 +591,11 @@ class Mirror:
             for r in rows
         ]
 
-    def conversations(self, today: str | None = None) -> list[ConversationSummary]:
-        """One summary per conversation; ``today`` (``YYYY-MM-DD``, UTC by default)
-        decides which turns count as today's spend (by end, else start time)."""
-        day = today or datetime.now(UTC).strftime("%Y-%m-%d")
+    def conversations(self, today: DayBounds | None = None) -> list[ConversationSummary]:
+        """One summary per conversation; ``today(name)`` gives the UTC instants
+        ``[start, end)`` of the conversation's "today" (its job's timezone, by
+        :func:`jobs.budget.local_day_bounds`; the UTC day when not given). A turn's cost
+        counts on the day it ended (else started)."""
         rows = self.db.execute(
             """
             SELECT c.name, c.session_id, c.last_activity, c.last_seq,
@@ -601,28 +606,40 @@ class Mirror:
                      AND status != 'skipped' ORDER BY turn DESC LIMIT 1),
                   (SELECT status FROM turns t WHERE t.conversation = c.name
                      ORDER BY turn DESC LIMIT 1))),
-              (SELECT coalesce(sum(cost_usd), 0) FROM turns t WHERE t.conversation = c.name
-                 AND substr(coalesce(t.ended_at, t.started_at), 1, 10) = ?),
               (SELECT coalesce(sum(cost_usd), 0) FROM turns t WHERE t.conversation = c.name)
             FROM conversations c ORDER BY c.name
-            """,
-            (day,),
+            """
         ).fetchall()
-        return [
-            ConversationSummary(
-                name=r[0],
-                turns=r[6],
-                last_status=r[7],
-                last_activity=r[2],
-                spend_today_usd=round(r[8], 6),
-                spend_total_usd=round(r[9], 6),
-                session_id=r[1],
-                records=r[3],
-                forked_from=r[4],
-                forked_turn=r[5],
+        utc_today = local_day_bounds(datetime.now(UTC).date(), UTC)
+        summaries = []
+        for r in rows:
+            start, end = today(r[0]) if today is not None else utc_today
+            (spent,) = self.db.execute(
+                "SELECT coalesce(sum(cost_usd), 0) FROM turns WHERE conversation = ?"
+                " AND coalesce(ended_at, started_at) >= ? AND coalesce(ended_at, started_at) < ?",
+                (r[0], _iso_prefix(start), _iso_prefix(end)),
+            ).fetchone()
+            summaries.append(
+                ConversationSummary(
+                    name=r[0],
+                    turns=r[6],
+                    last_status=r[7],
+                    last_activity=r[2],
+                    spend_today_usd=round(spent, 6),
+                    spend_total_usd=round(r[8], 6),
+                    session_id=r[1],
+                    records=r[3],
+                    forked_from=r[4],
+                    forked_turn=r[5],
+                )
             )
-            for r in rows
-        ]
+        return summaries
+
+
+def _iso_prefix(when: datetime) -> str:
+    """``when`` (UTC) as the prefix the journal's ``at`` strings sort against: every
+    stamp at or after that second sorts at or after it (``...T22:00:00.123Z``)."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from daemon import events as ev
 from daemon.errors import JournalWriteError
 from daemon.events import Trigger
-from daemon.journal.conversation import Conversation
+from daemon.journal.conversation import WRITE_FAILED, Conversation, PendingCut
 from daemon.ports.agent import AgentDriver, AgentFailure, ConnectPlan, TurnOutcome
 from jobs.backoff import AUTH_PAUSE
 from jobs.quiet import QuietRule
@@ -33,15 +33,6 @@ AUTH_HINT = (
     f"(this job's beats now pause for at least {AUTH_PAUSE.total_seconds() / 60:.0f} minutes, "
     "doubling, until a beat succeeds; `vigil beat` tries at once)"
 )
-
-
-@dataclass
-class ResumePoint:
-    """Set after healing an interrupted turn: the next connect drops that half turn."""
-
-    resume_at: str | None
-    drops_turn: str | None
-    fresh_session: bool = False  # nothing completed yet: start the session afresh
 
 
 @dataclass
@@ -74,7 +65,7 @@ class BeatRunner:
         self.cwd = cwd
         self.turn_timeout = turn_timeout
         self.has_transcript = has_transcript
-        self.resume_point: ResumePoint | None = None
+        self.on_interrupted = "replay"  # the job's policy: cut an interrupted turn or not
         self.last: BeatResult | None = None
         self._write_failure: str | None = None  # why the open turn's end is not journaled
         self.quiet_rule = QuietRule()
@@ -129,11 +120,9 @@ class BeatRunner:
                 result = await self._run(turn, prompt, prompt_uuid)
             except JournalWriteError as exc:
                 # Not every event of this turn could be journaled (disk full): the
-                # journal is the truth, so the next connect resumes without this turn,
-                # and the next beat closes it as failed once records can be written.
-                self.resume_point = ResumePoint(
-                    conv.state.resume_at, prompt_uuid, conv.state.resume_at is None
-                )
+                # journal is the truth, so the next beat closes it as failed once
+                # records can be written, and the connect after that resumes without it
+                # (the state's pending cut).
                 self._write_failure = str(exc)
                 await self.agent.disconnect()
                 raise
@@ -176,7 +165,7 @@ class BeatRunner:
         if dangling is None:
             return
         detail = self._write_failure or "the turn's end could not be journaled"
-        self.conversation.record(ev.turn_failed(dangling.turn, "journal_write_failed", detail))
+        self.conversation.record(ev.turn_failed(dangling.turn, WRITE_FAILED, detail))
         self._write_failure = None
 
     def _end(self, turn: int, outcome: TurnOutcome) -> BeatResult:
@@ -203,6 +192,14 @@ class BeatRunner:
         self.conversation.record(ev.turn_failed(turn, reason, detail))
         return BeatResult(turn, "failed", reason, detail)
 
+    def _cut(self) -> PendingCut | None:
+        """The turn the next connect drops, if any: one the journal could not hold, or
+        an interrupted one when ``on_interrupted`` is ``replay`` or ``drop``."""
+        cut = self.conversation.state.pending_cut
+        if cut is None or cut.cause == "write_failed" or self.on_interrupted != "continue":
+            return cut
+        return None
+
     async def _ensure_connected(self) -> None:
         if self.agent.connected:
             exit_code = self.agent.cli_exit_code()
@@ -214,16 +211,16 @@ class BeatRunner:
             await self.agent.disconnect()
         conv = self.conversation
         session_id = conv.state.session_id
-        if session_id is None or (self.resume_point and self.resume_point.fresh_session):
-            session_id = str(uuid.uuid4())
+        cut = self._cut()
+        if session_id is None or (cut is not None and cut.resume_at is None):
+            session_id = str(uuid.uuid4())  # nothing completed to resume: start afresh
             plan = ConnectPlan(session_id, resume=False)
         elif self.has_transcript(session_id):
-            point = self.resume_point
             plan = ConnectPlan(
                 session_id,
                 resume=True,
-                resume_at=point.resume_at if point else None,
-                drops_turn=point.drops_turn if point else None,
+                resume_at=cut.resume_at if cut else None,
+                drops_turn=cut.drops_turn if cut else None,
             )
         else:
             # The session was assigned but no transcript of it reached the store (the
@@ -243,5 +240,4 @@ class BeatRunner:
             # check: a plain resume would show the model the half turns.
             plan = ConnectPlan(session_id, resume=True, resume_at=plan.resume_at)
             await self.agent.connect(plan)
-        self.resume_point = None
         conv.record(ev.session_bound(session_id, self.cwd, mode="resume" if plan.resume else "new"))

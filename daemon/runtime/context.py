@@ -19,7 +19,6 @@ from typing import Any, Protocol
 from structlog.typing import FilteringBoundLogger
 
 from daemon.agent.pool import ClientPool
-from daemon.agent.store import JournalSessionStore
 from daemon.config.model import Config
 from daemon.errors import JournalFatalError, JournalWriteError, VigilError
 from daemon.events import Event
@@ -54,6 +53,12 @@ class Schedule(Protocol):
     def remove(self, name: str) -> None: ...
 
     def next_due(self, name: str) -> datetime | None: ...
+
+
+class TranscriptIndex(Protocol):
+    """What the runtime asks the transcript store (:class:`JournalSessionStore`)."""
+
+    def has_session(self, session_id: str) -> bool: ...
 
 
 class MirrorSink(Protocol):
@@ -100,7 +105,7 @@ class Runtime:
     health: Health
     pool: ClientPool
     logs: EventLogStore
-    transcripts: JournalSessionStore
+    transcripts: TranscriptIndex
     mirror: MirrorSink
     make_agent: AgentFactory
     schedule: Schedule

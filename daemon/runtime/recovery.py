@@ -6,14 +6,14 @@ journaled (no healed turn, no fenced delivery, no new empty journal), and the de
 mirror is left as a fresh rebuild would make it.
 
 An interrupted turn (a crash healed now, or a drain cut it off) follows the job's
-``on_interrupted``: :func:`interrupted_plan` (pure) says what the next connect drops
-and whether the beat runs again at once.
+``on_interrupted``: :func:`replay_of` (pure) says whether the beat runs again at once;
+what the next connect drops is the conversation state's ``pending_cut`` (folded from
+the journal), which the beat runner reads with the same policy.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.agent.sdk import join_sdk_import, start_sdk_import
@@ -23,7 +23,7 @@ from daemon.journal.conversation import Conversation, ConversationState
 from daemon.journal.logstore import FileEventLogStore
 from daemon.mirror.db import Mirror
 from daemon.mirror.rebuild import rebuild
-from daemon.runtime.beats import BeatRunner, ResumePoint
+from daemon.runtime.beats import BeatRunner
 from daemon.runtime.checkpoints import Checkpointer, load_checkpoints
 from daemon.runtime.context import Runtime
 from daemon.runtime.job import Job, JournalDeliveryLog, agent_spec
@@ -31,34 +31,19 @@ from daemon.runtime.recovery_read import Folded, fold_all, worker_count
 from jobs.delivery import settle_open
 from jobs.ledger import JobLedger
 
-__all__ = ["Recovery", "Replay", "interrupted_plan"]
+__all__ = ["Recovery", "Replay", "replay_of"]
 
 EXTEND_EVERY_S = 5.0
 Replay = tuple[Trigger, str]  # a beat to run again at once: its trigger and prompt
 
 
-@dataclass(frozen=True)
-class InterruptedPlan:
-    resume_point: ResumePoint | None  # what the next connect drops
-    replay: Replay | None  # the beat to run again now
-
-
-def interrupted_plan(policy: str, state: ConversationState) -> InterruptedPlan:
-    """What follows an interrupted turn under ``on_interrupted`` = ``policy`` (pure)."""
+def replay_of(policy: str, state: ConversationState) -> Replay | None:
+    """The beat to run again at once after an interrupted turn (pure): under
+    ``replay`` and ``continue``, its prompt; under ``drop``, none."""
     interrupted = state.interrupted
-    if interrupted is None:
-        return InterruptedPlan(None, None)
-    point = None
-    if policy in ("replay", "drop"):
-        point = ResumePoint(
-            resume_at=state.resume_at,
-            drops_turn=interrupted.prompt_uuid,
-            fresh_session=state.resume_at is None,
-        )
-    replay: Replay | None = None
-    if policy in ("replay", "continue"):
-        replay = ("replay", interrupted.prompt)
-    return InterruptedPlan(point, replay)
+    if interrupted is None or policy not in ("replay", "continue"):
+        return None
+    return ("replay", interrupted.prompt)
 
 
 class Recovery:
@@ -234,6 +219,7 @@ class Recovery:
             has_transcript=rt.transcripts.has_session,
         )
         runner.quiet_rule = job_cfg.quiet_rule
+        runner.on_interrupted = job_cfg.on_interrupted
         job = rt.jobs[job_cfg.name] = Job(job_cfg, runner, ledger)
         self.checkpoints.attach(job)
         for key in settle_open(list(ledger.open_deliveries.values()), JournalDeliveryLog(conv)):
@@ -251,6 +237,4 @@ class Recovery:
             deltas=interrupted.deltas,
             on_interrupted=policy,
         )
-        plan = interrupted_plan(policy, conv.state)
-        runner.resume_point = plan.resume_point
-        return plan.replay
+        return replay_of(policy, conv.state)

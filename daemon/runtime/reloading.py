@@ -92,6 +92,7 @@ class Reloader:
         job.config = cfg
         runner = job.runner
         runner.quiet_rule = cfg.quiet_rule
+        runner.on_interrupted = cfg.on_interrupted
         runner.turn_timeout = rt.config.turn_timeout_for(cfg.name)
         if respec:
             runner.agent.spec = agent_spec(cfg, rt.spec_env)
