@@ -114,6 +114,8 @@ class Recovery:
         rt = self.rt
         started = time.monotonic()
         folded, summary = load_checkpoints(existing, rt.keyring, rt.layout.checkpoints, rt.log)
+        for _, name in existing:  # a job a reload brings back: what was known is gone
+            self.checkpoints.covered.pop(name, None)
         for name, one in folded.items():
             self.checkpoints.covered[name] = one.scan.last_seq - (one.after_checkpoint or 0)
         rt.log.info(
