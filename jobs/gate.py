@@ -2,6 +2,8 @@
 
 Checked in this order, each a reason code journaled with the skip:
 
+* ``paused``: ``vigil pause`` (or ``auto_pause_after``) paused the job and the pause
+  is still in force (manual beats are exempt: an operator asked for them);
 * ``empty_prompt``: the prompt is only whitespace and comments (no model call);
 * ``outside_active_hours``: now is outside the job's active hours in its time zone
   (manual beats are exempt: an operator asked for them);
@@ -18,11 +20,12 @@ from datetime import datetime, tzinfo
 from typing import Literal
 
 from jobs.hours import ActiveHours
+from jobs.pause import Pause
 from jobs.prompt import is_empty_prompt
 
 __all__ = ["BeatPolicy", "Skip", "SkipReason", "check_beat"]
 
-SkipReason = Literal["empty_prompt", "outside_active_hours", "budget_exhausted"]
+SkipReason = Literal["paused", "empty_prompt", "outside_active_hours", "budget_exhausted"]
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,16 @@ class Skip:
 
 
 def check_beat(
-    policy: BeatPolicy, *, now: datetime, spent_today: float, manual: bool = False
+    policy: BeatPolicy,
+    *,
+    now: datetime,
+    spent_today: float,
+    manual: bool = False,
+    pause: Pause | None = None,
 ) -> Skip | None:
     """None when the beat may run, else why not."""
+    if pause is not None and not manual and pause.active(now):
+        return Skip("paused", pause.describe())
     if is_empty_prompt(policy.prompt):
         return Skip("empty_prompt", "the prompt holds only whitespace and comments")
     hours = policy.active_hours

@@ -4,7 +4,10 @@
 (from the journal) and live (as events are recorded). It answers what the beat policy
 needs without re-reading the journal: the spend per day (:class:`SpendLedger`), the
 run of quiet replies, the run of failed beats (failure backoff), when the last beat came
-due, and deliveries whose outcome the journal does not know yet (the delivery fence).
+due, and deliveries whose outcome the journal does not know yet (the delivery fence);
+and the operator's side: the failure streak of any reason and whether an alert is out
+(:mod:`jobs.alerts`), a pause (:mod:`jobs.pause`) and the messages queued for the next
+beat (``vigil send --next-beat``).
 
 It reads the raw event dicts (``type``, ``at``, ...) of vigil's journal schema.
 """
@@ -12,14 +15,15 @@ It reads the raw event dicts (``type``, ``at``, ...) of vigil's journal schema.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any, Literal
 
 from jobs.backoff import BACKOFF_REASONS
 from jobs.budget import SpendLedger, parse_at
+from jobs.pause import Pause
 
-__all__ = ["JobLedger", "OpenDelivery"]
+__all__ = ["Failure", "JobLedger", "OpenDelivery", "QueuedMessage"]
 
 
 def _when(event: Mapping[str, Any]) -> datetime | None:
@@ -51,6 +55,20 @@ class OpenDelivery:
     state: Literal["started", "retry_pending"]
 
 
+@dataclass(frozen=True)
+class Failure:
+    turn: int
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    id: str
+    text: str
+    at: str
+
+
 @dataclass
 class JobLedger:
     spend: SpendLedger = field(default_factory=SpendLedger)
@@ -63,6 +81,13 @@ class JobLedger:
     # ``Restart=always`` does not hammer a failing API.
     failures: int = 0
     last_failure_reason: str | None = None
+    failure_streak: int = 0  # beats in a row that ended turn_failed (any reason)
+    ended_streak: int = 0  # the streak the last completed beat ended
+    last_failure: Failure | None = None
+    last_completed_at: datetime | None = None
+    alerting: bool = False  # a "failing" alert is out, no "recovered" since
+    pause: Pause | None = None
+    queued: dict[str, QueuedMessage] = field(default_factory=dict)  # in journal order
 
     def feed(self, event: Mapping[str, Any]) -> None:
         kind = event.get("type")
@@ -73,22 +98,63 @@ class JobLedger:
             when = _when(event)
             self.last_started_at = when or self.last_started_at
             self.last_due_at = when or self.last_due_at
+            for consumed in event.get("queued") or ():
+                self.queued.pop(str(consumed), None)
         elif kind == "beat_skipped":
             self.last_due_at = _when(event) or self.last_due_at
         elif kind == "turn_completed":
             self.quiet_streak = self.quiet_streak + 1 if event.get("quiet") else 0
             self.failures = 0
             self.last_failure_reason = None
-        elif kind == "turn_failed" and event.get("reason") in BACKOFF_REASONS:
-            self.failures += 1
-            self.last_failure_reason = str(event.get("reason"))
+            self.ended_streak, self.failure_streak = self.failure_streak, 0
+            self.last_completed_at = _when(event) or self.last_completed_at
+        elif kind == "turn_failed":
+            self._failed(event)
         elif isinstance(kind, str) and kind.startswith("delivery_"):
             self._delivery(kind, event)
+        else:
+            self._operator(kind, event)
+
+    def _failed(self, event: Mapping[str, Any]) -> None:
+        reason = str(event.get("reason", ""))
+        if reason in BACKOFF_REASONS:
+            self.failures += 1
+            self.last_failure_reason = reason
+        self.failure_streak += 1
+        turn = event.get("turn")
+        self.last_failure = Failure(
+            turn if isinstance(turn, int) else 0, reason, str(event.get("detail", ""))
+        )
+
+    def _operator(self, kind: object, event: Mapping[str, Any]) -> None:
+        if kind == "alert_raised":
+            self.alerting = event.get("alert") == "failing"
+        elif kind == "job_paused":
+            until = event.get("until")
+            self.pause = Pause(
+                _when(event) or parse_at("1970-01-01T00:00:00Z"),
+                parse_at(until) if isinstance(until, str) and until else None,
+                str(event.get("by", "operator")),
+                str(event.get("detail", "")),
+            )
+        elif kind == "job_resumed":
+            self.pause = None
+        elif kind == "message_queued":
+            message_id = str(event.get("id", ""))
+            self.queued[message_id] = QueuedMessage(
+                message_id, str(event.get("text", "")), str(event.get("at", ""))
+            )
+
+    def paused(self, now: datetime) -> Pause | None:
+        """The pause in force at ``now``, if any."""
+        pause = self.pause
+        return pause if pause is not None and pause.active(now) else None
 
     # --- a plain-dict form, for start-up checkpoints (daemon.journal.checkpoint) ------
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; :meth:`from_dict` inverts it exactly."""
+        pause = self.pause
         return {
             "spend": self.spend.to_dict(),
             "quiet_streak": self.quiet_streak,
@@ -100,6 +166,15 @@ class JobLedger:
             ],
             "failures": self.failures,
             "last_failure_reason": self.last_failure_reason,
+            "failure_streak": self.failure_streak,
+            "ended_streak": self.ended_streak,
+            "last_failure": None if self.last_failure is None else asdict(self.last_failure),
+            "last_completed_at": _iso(self.last_completed_at),
+            "alerting": self.alerting,
+            "pause": None
+            if pause is None
+            else [_iso(pause.since), _iso(pause.until), pause.by, pause.detail],
+            "queued": [asdict(m) for m in self.queued.values()],  # in journal order
         }
 
     @classmethod
@@ -115,15 +190,28 @@ class JobLedger:
             deliveries[str(delivery)] = OpenDelivery(
                 str(delivery), int(turn), str(sink), int(attempt), state
             )
-        reason = data["last_failure_reason"]
+        reason, failure, pause = data["last_failure_reason"], data["last_failure"], data["pause"]
+        since = None if pause is None else _from_iso(pause[0])
+        if pause is not None and since is None:
+            raise ValueError("job ledger: a pause without its start")
+        messages = [QueuedMessage(**m) for m in data["queued"]]
         return cls(
-            SpendLedger.from_dict(data["spend"]),
-            int(data["quiet_streak"]),
-            _from_iso(data["last_due_at"]),
-            _from_iso(data["last_started_at"]),
-            deliveries,
-            int(data["failures"]),
-            None if reason is None else str(reason),
+            spend=SpendLedger.from_dict(data["spend"]),
+            quiet_streak=int(data["quiet_streak"]),
+            last_due_at=_from_iso(data["last_due_at"]),
+            last_started_at=_from_iso(data["last_started_at"]),
+            open_deliveries=deliveries,
+            failures=int(data["failures"]),
+            last_failure_reason=None if reason is None else str(reason),
+            failure_streak=int(data["failure_streak"]),
+            ended_streak=int(data["ended_streak"]),
+            last_failure=None if failure is None else Failure(**failure),
+            last_completed_at=_from_iso(data["last_completed_at"]),
+            alerting=bool(data["alerting"]),
+            pause=None
+            if pause is None or since is None
+            else Pause(since, _from_iso(pause[1]), str(pause[2]), str(pause[3])),
+            queued={m.id: m for m in messages},
         )
 
     def _delivery(self, kind: str, event: Mapping[str, Any]) -> None:

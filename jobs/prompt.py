@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["is_empty_prompt", "meaningful_text"]
+__all__ = ["QUEUED_HEADER", "is_empty_prompt", "meaningful_text", "with_queued"]
+
+QUEUED_HEADER = "Messages from the operator since the last beat:"
 
 _HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
 
@@ -26,3 +28,12 @@ def meaningful_text(text: str) -> str:
 def is_empty_prompt(text: str) -> bool:
     """True when ``text`` is only whitespace and comments."""
     return not meaningful_text(text).strip()
+
+
+def with_queued(prompt: str, messages: list[str]) -> str:
+    """The beat's prompt with the operator's queued messages (``vigil send --next-beat``)
+    added after it, oldest first; ``prompt`` itself when none is queued."""
+    if not messages:
+        return prompt
+    notes = "\n\n".join(m.strip() for m in messages)
+    return f"{prompt.rstrip()}\n\n{QUEUED_HEADER}\n\n{notes}"

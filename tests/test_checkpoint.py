@@ -56,7 +56,20 @@ def _at(minute: int) -> str:
 
 
 Plan = tuple[str, int, int]  # (how the turn ends, deltas, cost in cents)
-ENDINGS = ("completed", "quiet", "failed", "interrupted", "skipped", "delivered", "retrying")
+ENDINGS = (
+    "completed",
+    "quiet",
+    "failed",
+    "interrupted",
+    "skipped",
+    "delivered",
+    "retrying",
+    "paused",
+    "resumed",
+    "queued",
+    "alert",
+)
+_OPERATOR = ("paused", "resumed", "queued", "alert")
 
 
 def events_of(plans: list[Plan], *, last_open: bool = False) -> list[dict[str, Any]]:
@@ -86,12 +99,20 @@ def events_of(plans: list[Plan], *, last_open: bool = False) -> list[dict[str, A
                 at=at,
             )
         )
-        if ending in ("completed", "quiet", "delivered", "retrying"):
+        if ending in ("completed", "quiet", "delivered", "retrying", *_OPERATOR):
             out.append(ev.turn_completed(turn, quiet=ending == "quiet", at=at))
         elif ending == "failed":
             out.append(ev.turn_failed(turn, "api_error", "500", at=at))
         else:
             out.append(ev.turn_interrupted(turn, "shutdown", at=at))
+        if ending == "paused":
+            out.append(ev.job_paused(by="operator", until=_at(minute + 60), detail="x", at=at))
+        elif ending == "resumed":
+            out.append(ev.job_resumed(at=at))
+        elif ending == "queued":
+            out.append(ev.message_queued(f"m{turn}", f"note {turn}", at=at))
+        elif ending == "alert":
+            out.append(ev.alert_raised(turn, "failing", failures=2, reason="x", detail="y", at=at))
         if ending == "delivered":
             out.append(ev.delivery_started(turn, f"{turn}/out", "out", 1, at=at))
             out.append(ev.delivery_done(turn, f"{turn}/out", "out", 1, at=at))
@@ -150,6 +171,9 @@ def start_up(directory: Path, ckpts: Path, name: str) -> tuple[Conversation, Job
 
 PLANS = [
     ("completed", 3, 2),
+    ("queued", 0, 1),
+    ("alert", 0, 1),
+    ("paused", 0, 0),
     ("interrupted", 1, 1),
     ("quiet", 1, 1),
     ("retrying", 2, 3),
@@ -178,6 +202,7 @@ def test_state_and_ledger_round_trip_through_plain_dicts_with_every_field() -> N
     assert state2 == state and ledger2 == ledger
     assert state.open_turn is not None and ledger.open_deliveries and ledger.spend._steps
     assert state.interrupted is None and state.pending_cut is not None
+    assert ledger.pause and ledger.queued and ledger.last_failure and ledger.alerting
 
 
 def test_every_field_that_holds_a_dataclass_is_rebuilt_as_one() -> None:

@@ -2,7 +2,10 @@
 
 Starts the loopback model and a daemon with two heartbeat jobs in a temporary
 directory, shows beats streaming, SIGKILLs the daemon in the middle of a reply, starts
-it again and shows both conversations carry on with their memory.
+it again and shows both conversations carry on with their memory; then the operator
+pauses one job, talks to it (``vigil send``), queues a note for the other's next beat
+and resumes it. The loopback model takes its pace from its own ``--slow-ms`` option, so
+the prompts shown are the jobs' real prompts.
 """
 
 from __future__ import annotations
@@ -24,13 +27,17 @@ from typing import IO, Any
 from daemon.config.load import load_config
 from daemon.journal.keyring import Keyring, generate_key_file
 from daemon.ops.history import load_history
+from jobs.prompt import QUEUED_HEADER
 
 JOBS = {
-    "inbox": ("2s", "Check the inbox. [slow:50]"),
-    "digest": ("3s", "Add a line to the digest. [slow:20]"),
+    "inbox": ("2s", "Check the inbox."),
+    "digest": ("3s", "Add a line to the digest."),
 }
 LIVE_JOB = "inbox"  # streamed delta by delta; the other job's replies print whole
+MODEL_SLOW_MS = 40  # the loopback model's pause between streamed words
 PHASE_TIMEOUT_S = 40.0
+SENT = "What have you seen so far?"
+NOTE = "The release moved to Friday."
 
 Line = dict[str, Any]
 
@@ -42,6 +49,7 @@ class Out:
         self.stream = stream
         self.line_job: str | None = None
         self.buffers: dict[str, str] = {}
+        self.muted: str | None = None  # a job whose lines `vigil send` shows instead
 
     def say(self, text: str) -> None:
         self._break()
@@ -104,19 +112,25 @@ class Daemon:
                 return line
 
 
-def show(out: Out, line: Line) -> None:
+def show(out: Out, line: Line) -> None:  # noqa: PLR0912  # one branch per log event
     event, job, turn = line.get("event"), line.get("job"), line.get("turn")
+    if job is not None and job == out.muted:
+        return
     if event == "delta" and job:
         out.delta(str(job), str(line.get("text", "")))
     elif event == "turn_started":
-        out.say(f"  [{job}] turn {turn} ({line.get('trigger')}) > {_clean(line.get('prompt'))}")
+        prompt, _, queued = str(line.get("prompt")).partition(QUEUED_HEADER)
+        out.say(f"  [{job}] turn {turn} ({line.get('trigger')}) > {prompt.strip()}")
+        if queued.strip():
+            out.say(f"  [{job}]   + from the operator: {' '.join(queued.split())}")
     elif event == "turn_completed":
         buffered = out.buffers.pop(str(job), "")
         if buffered:
             out.say(f"  [{job}] < {buffered}")
         out.say(f"  [{job}] turn {turn} completed")
     elif event in ("turn_failed", "turn_interrupted", "beat_skipped"):
-        out.buffers.pop(str(job), None)
+        if event != "beat_skipped":  # a skipped beat leaves the running turn's reply be
+            out.buffers.pop(str(job), None)
         out.say(f"  [{job}] turn {turn} {event.split('_')[-1]}: {line.get('reason')}")
     elif event == "turn_healed":
         out.say(
@@ -127,17 +141,23 @@ def show(out: Out, line: Line) -> None:
         out.say(f"  [{job}] cut a torn last record off the journal (kept as {line.get('kept_as')})")
     elif event == "ready":
         out.say("  daemon READY: journals recovered")
+    elif event in ("job_paused", "job_resumed", "message_queued"):
+        out.say(f"  [{job}] {event.replace('_', ' ')} (journaled)")
     elif event == "stderr":
         out.say(f"  ! {line.get('text')}")
 
 
-def _clean(prompt: object) -> str:
-    return str(prompt).split(" [")[0]
-
-
 def start_model(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.testing.devmodel", "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "daemon.testing.devmodel",
+            "--port",
+            "0",
+            "--slow-ms",
+            str(MODEL_SLOW_MS),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -210,13 +230,13 @@ def run_demo(*, keep: bool = False, stream: IO[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _completed_twice() -> Callable[[Line], bool]:
+def _completed_twice(times: int = 2) -> Callable[[Line], bool]:
     done: dict[str, int] = dict.fromkeys(JOBS, 0)
 
     def check(line: Line) -> bool:
         if line.get("event") == "turn_completed":
             done[str(line.get("job"))] += 1
-        return min(done.values()) >= 2
+        return min(done.values()) >= times
 
     return check
 
@@ -253,7 +273,8 @@ def _second_run(out: Out, config_path: Path, env: dict[str, str], daemons: list[
     out.say("\n3. Restart: vigil heals the half turn, resumes each session and carries on.")
     daemon = Daemon(config_path, env)
     daemons.append(daemon)
-    daemon.follow(out, _completed_twice(), PHASE_TIMEOUT_S)
+    daemon.follow(out, _completed_twice(1), PHASE_TIMEOUT_S)
+    _operator(out, daemon, config_path, env)
     daemon.proc.send_signal(signal.SIGTERM)
     code = daemon.proc.wait(timeout=30)
     while not daemon.lines.empty():
@@ -263,8 +284,59 @@ def _second_run(out: Out, config_path: Path, env: dict[str, str], daemons: list[
     out.say(f"  SIGTERM: the daemon drained and exited with status {code}")
 
 
+def _operator(out: Out, daemon: Daemon, config_path: Path, env: dict[str, str]) -> None:
+    """Pause inbox, talk to it, queue a note for digest's next beat, resume inbox."""
+    out.say("\n4. The operator steps in (each command is journaled first):")
+
+    def is_(event: str, job: str, **fields: object) -> Callable[[Line], bool]:
+        return lambda ln: (
+            ln.get("event") == event
+            and ln.get("job") == job
+            and all(ln.get(k) == v for k, v in fields.items())
+        )
+
+    daemon.follow(out, is_("turn_completed", "inbox"), PHASE_TIMEOUT_S)
+    _vigil(out, env, config_path, "pause", "inbox")
+    daemon.follow(out, is_("beat_skipped", "inbox", reason="paused"), PHASE_TIMEOUT_S)
+    out.muted = "inbox"  # `vigil send` prints this turn itself, from the journal
+    _vigil(out, env, config_path, "send", "inbox", SENT, reply=True)
+    daemon.follow(out, is_("turn_completed", "inbox"), PHASE_TIMEOUT_S)
+    out.muted = None
+    _vigil(out, env, config_path, "send", "digest", "--next-beat", NOTE)
+    daemon.follow(
+        out,
+        lambda ln: is_("turn_started", "digest")(ln) and QUEUED_HEADER in str(ln.get("prompt")),
+        PHASE_TIMEOUT_S,
+    )
+    daemon.follow(out, is_("turn_completed", "digest"), PHASE_TIMEOUT_S)
+    _vigil(out, env, config_path, "resume", "inbox")
+    daemon.follow(out, is_("turn_completed", "inbox"), PHASE_TIMEOUT_S)
+
+
+def _vigil(
+    out: Out, env: dict[str, str], config_path: Path, *args: str, reply: bool = False
+) -> None:
+    """Run the real ``vigil`` command and show what it prints (a reply as it streams)."""
+    shown = " ".join(f'"{a}"' if " " in a else a for a in args)
+    out.say(f"  $ vigil {shown}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli.main", *args, "--config", str(config_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    assert proc.stdout is not None  # noqa: S101  # Popen with PIPE
+    out.stream.write("    < " if reply else "    ")
+    while chunk := os.read(proc.stdout.fileno(), 4096):
+        out.stream.write(chunk.decode("utf-8", "replace").rstrip("\n").replace("\n", "\n    "))
+        out.stream.flush()
+    out.stream.write("\n")
+    if proc.wait(timeout=PHASE_TIMEOUT_S) != 0:
+        raise RuntimeError(f"vigil {shown} exited with status {proc.returncode}")
+
+
 def _show_memory(out: Out, root: Path, config_path: Path) -> None:
-    out.say("\n4. Memory, from the journals:")
+    out.say("\n5. Memory, from the journals:")
     config = load_config(config_path)
     keyring = Keyring.load(root / "vigil.key")
     for name in JOBS:

@@ -141,7 +141,15 @@ def cmd_status(config: Config, layout: Layout, *, as_json: bool) -> int:
         if job["last_reason"]:
             last += f" ({job['last_reason']})"
         state = "running" if job["running"] else f"next {job['next_beat'] or '-'}"
-        print(f"  {job['name']:20} {state:40} last: {last:28} today ${job['spend_today_usd']:.4f}")
+        line = f"  {job['name']:20} {state:40} last: {last:28} today ${job['spend_today_usd']:.4f}"
+        if job.get("paused"):
+            until = job.get("paused_until")
+            line += f"  paused ({job.get('paused_by')})" + (f" until {until}" if until else "")
+        if job.get("failure_streak"):
+            line += f"  {job['failure_streak']} failed in a row"
+        if job.get("queued_messages"):
+            line += f"  {job['queued_messages']} queued"
+        print(line)
     return 0
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from daemon.cli import live as cli_live
 from daemon.cli import mirror as cli_mirror
+from daemon.cli import operate as cli_operate
 from daemon.cli.mirror import check_owner
 from daemon.config.fields import JOB_NAME_PATTERN
 from daemon.config.load import default_config_path, load_config
@@ -34,10 +35,12 @@ exit codes:
   6  fsync failed: exited without acknowledging the record
   7  another vigil already runs on this state directory
   8  verify found a damaged journal record or a mirror that differs from the journals
-  9  no daemon is running (status, beat)
- 10  the daemon refused the beat (a turn of that conversation is running, or it was skipped)
+  9  no daemon is running (status, beat, send, pause, resume)
+ 10  the daemon refused the request (beat, send, pause, resume): a turn of that
+     conversation is running, the beat was skipped, or the job is unknown
  11  fork refused: NEW_NAME already has a journal (or is a job with another cwd), TURN is
      not a completed turn of NAME, or NAME has no completed turn
+ 12  the turn `vigil send` started failed or was interrupted (the reason is on stderr)
 """
 
 
@@ -66,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="a one-minute demo with a loopback model: beats, a SIGKILL, recovery",
+        help="a half-minute demo with a loopback model: beats, a SIGKILL, recovery, send, pause",
         description="Starts the loopback model and a daemon with two heartbeat jobs in a "
         "temporary directory, kills the daemon with SIGKILL mid-reply, starts it again and "
-        "shows both conversations continuing with their memory. Needs no API key.",
+        "shows both conversations continuing with their memory; then pauses one job, talks "
+        "to it with `vigil send`, queues a note for the other's next beat and resumes. Needs "
+        "no API key.",
     )
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
@@ -120,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_mirror.add_reencrypt_options(rot, config_help)
     cli_mirror.add_commands(sub, config_help)
     cli_live.add_commands(sub, config_help)
+    cli_operate.add_commands(sub, config_help)
 
     dev = sub.add_parser(
         "dev-model",
@@ -178,6 +184,8 @@ def dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911  # one return pe
         return cli_mirror.run(args)
     if cli_live.handles(args):
         return cli_live.run(args)
+    if cli_operate.handles(args):
+        return cli_operate.run(args)
     if command == "key":
         return cmd_key(args.key_command, args.path)
     if command == "dev-model":

@@ -335,18 +335,22 @@ def cmd_sessions(config: Config, *, as_json: bool) -> int:
     elif sys.stdout.isatty():
         _sessions_table(rows)
     else:
-        print("name\tturns\tlast_status\tlast_activity\tspend_today_usd\tsession_id\tforked_from")
+        print(
+            "name\tturns\tlast_status\tlast_activity\tspend_today_usd\tsession_id\t"
+            "forked_from\tpaused"
+        )
         for r in rows:
             print(
                 f"{r.name}\t{r.turns}\t{r.last_status or '-'}\t{r.last_activity or '-'}\t"
-                f"{r.spend_today_usd:.4f}\t{r.session_id or '-'}\t{r.origin or '-'}"
+                f"{r.spend_today_usd:.4f}\t{r.session_id or '-'}\t{r.origin or '-'}\t"
+                f"{_paused(r)}"
             )
     return 0
 
 
 def _sessions_table(rows: list[ConversationSummary]) -> None:
     columns = ("name", "turns", "last status", "last activity (UTC)", "spend today", "session")
-    table = Table(*columns, "forked from")
+    table = Table(*columns, "forked from", "paused")
     for r in rows:
         table.add_row(
             r.name,
@@ -356,8 +360,16 @@ def _sessions_table(rows: list[ConversationSummary]) -> None:
             f"${r.spend_today_usd:.4f}",
             r.session_id or "-",
             r.origin or "-",
+            _paused(r),
         )
     Console().print(table if rows else "no conversations yet")
+
+
+def _paused(r: ConversationSummary) -> str:
+    """``-``, or who paused it and until when (``operator``, ``auto until ...``)."""
+    if r.paused_by is None:
+        return "-"
+    return r.paused_by + (f" until {r.paused_until}" if r.paused_until else "")
 
 
 # ---------------------------------------------------------------- export

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -236,7 +237,56 @@ def _sink_name(value: str) -> str:
     return value
 
 
+@dataclasses.dataclass(frozen=True)
+class MetricsEndpoint:
+    """Where ``/metrics`` is served: a loopback ``host``:``port``, or a Unix socket."""
+
+    host: str | None = None
+    port: int | None = None
+    path: Path | None = None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def _loopback_host(host: str) -> str:
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise _fail(
+            f"metrics host {host!r} is not an IP address; use 127.0.0.1, [::1] or a socket path"
+        ) from None
+    if not address.is_loopback:
+        raise _fail(
+            f"metrics address {host} is not loopback: vigil serves metrics only on "
+            "127.0.0.0/8, ::1 or a Unix socket (put a proxy in front to expose them)"
+        )
+    return host
+
+
+def _metrics(value: object, info: ValidationInfo) -> MetricsEndpoint:
+    if isinstance(value, MetricsEndpoint):
+        return value
+    if not isinstance(value, str):
+        raise _fail(f'expected "127.0.0.1:9464" or a socket path, got {_describe(value)}')
+    if "/" in value:
+        return MetricsEndpoint(path=_path(value, info))
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise _fail(
+            f'bad metrics address {value!r}: expected HOST:PORT like "127.0.0.1:9464" '
+            "or a Unix socket path"
+        )
+    return MetricsEndpoint(host=_loopback_host(host.strip("[]")), port=int(port))
+
+
 ConfigPath = Annotated[Path, BeforeValidator(_path)]
+Metrics = Annotated[MetricsEndpoint, BeforeValidator(_metrics)]
 DataDirectory = Annotated[Path, BeforeValidator(_creatable_directory)]
 Directory = Annotated[Path, BeforeValidator(_directory)]
 Duration = Annotated[timedelta, BeforeValidator(_duration)]

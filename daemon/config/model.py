@@ -41,6 +41,7 @@ from daemon.config.fields import (
     InterruptedPolicy,
     Interval,
     LogFormat,
+    Metrics,
     Money,
     PermissionMode,
     PromptFile,
@@ -86,6 +87,8 @@ class DaemonConfig(BaseModel):
     client_idle_timeout: Annotated[
         Duration, _at_least(timedelta(seconds=1), "a client needs at least 1s to be useful")
     ] = timedelta(minutes=5)
+    # Prometheus metrics on a loopback address or a Unix socket; off when unset.
+    metrics: Metrics | None = None
     # Start-up checkpoints: a turn's end writes one once this many records were
     # journaled since the last (0: only at shutdown and after a start's full read).
     checkpoint_every: Annotated[int, Field(ge=0)] = 200
@@ -218,6 +221,10 @@ class HeartbeatConfig(BaseModel):
     idle_backoff: Annotated[int, Field(ge=1)] | None = None
     idle_backoff_max: Interval | None = None
     sink: list[SinkConfig] | None = None
+    # After this many failed beats in a row the alert sinks hear of it, once.
+    alert_after: Annotated[int, Field(ge=1)] = 5
+    auto_pause_after: Annotated[int, Field(ge=1)] | None = None
+    alert: list[SinkConfig] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> HeartbeatConfig:
@@ -234,6 +241,11 @@ class HeartbeatConfig(BaseModel):
         names = [name for name, _ in self.sinks]
         for name in sorted({n for n in names if names.count(n) > 1}):
             problems.append(("sink", f"two sinks are named {name!r}; give each its own name"))
+        alerts = [name for name, _ in self.alert_sinks]
+        for name in sorted({n for n in alerts if alerts.count(n) > 1}):
+            problems.append(
+                ("alert", f"two alert sinks are named {name!r}; give each its own name")
+            )
         if self.jitter is not None and self.every is not None and self.jitter >= self.every:
             problems.append(
                 (
@@ -287,17 +299,27 @@ class HeartbeatConfig(BaseModel):
 
         A sink without ``name`` is named after its type; repeats get ``-2``, ``-3``.
         """
-        configured = self.sink or [SinkConfig(type="stdout")]
-        named: list[tuple[str, SinkConfig]] = []
-        seen: dict[str, int] = {}
-        for sink in configured:
-            if sink.name is not None:
-                named.append((sink.name, sink))
-                continue
-            seen[sink.type] = seen.get(sink.type, 0) + 1
-            count = seen[sink.type]
-            named.append((sink.type if count == 1 else f"{sink.type}-{count}", sink))
-        return named
+        return _named(self.sink)
+
+    @property
+    def alert_sinks(self) -> list[tuple[str, SinkConfig]]:
+        """The ``[[heartbeat.alert]]`` sinks, named like :attr:`sinks`; none configured
+        means one ``stdout`` sink (an ``alert`` log line)."""
+        return _named(self.alert)
+
+
+def _named(sinks: list[SinkConfig] | None) -> list[tuple[str, SinkConfig]]:
+    configured = sinks or [SinkConfig(type="stdout")]
+    named: list[tuple[str, SinkConfig]] = []
+    seen: dict[str, int] = {}
+    for sink in configured:
+        if sink.name is not None:
+            named.append((sink.name, sink))
+            continue
+        seen[sink.type] = seen.get(sink.type, 0) + 1
+        count = seen[sink.type]
+        named.append((sink.type if count == 1 else f"{sink.type}-{count}", sink))
+    return named
 
 
 def _duplicate_problems(names: Sequence[tuple[int, str]]) -> list[tuple[str, str]]:

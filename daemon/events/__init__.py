@@ -30,10 +30,14 @@ EventType = Literal[
     "delivery_done",
     "delivery_failed",
     "delivery_unknown",
+    "job_paused",
+    "job_resumed",
+    "message_queued",
+    "alert_raised",
 ]
 TURN_END_TYPES = frozenset({"turn_completed", "turn_failed", "turn_interrupted"})
 
-Trigger = Literal["schedule", "manual", "replay", "catch_up", "demo"]
+Trigger = Literal["schedule", "manual", "replay", "catch_up", "demo", "send"]
 Event = dict[str, Any]
 
 
@@ -256,4 +260,43 @@ def delivery_unknown(
         sink=sink,
         attempt=attempt,
         reason=reason,
+    )
+
+
+# The operator's word (``vigil pause``/``resume``/``send --next-beat``) and the job's
+# alerts. None of these belongs to a turn (no ``turn`` field), except an alert, which
+# names the turn that raised it.
+
+
+def job_paused(
+    *, by: Literal["operator", "auto"], until: str | None, detail: str = "", at: str | None = None
+) -> Event:
+    """Due beats are skipped (``paused``) until ``until`` (UTC ISO) or ``job_resumed``."""
+    return _event("job_paused", at, by=by, until=until, detail=detail)
+
+
+def job_resumed(*, by: Literal["operator"] = "operator", at: str | None = None) -> Event:
+    return _event("job_resumed", at, by=by)
+
+
+def message_queued(message_id: str, text: str, *, at: str | None = None) -> Event:
+    """Text for the next beat's prompt; the ``turn_started`` carrying ``queued`` ids
+    with this id consumes it."""
+    return _event("message_queued", at, id=message_id, text=text)
+
+
+def alert_raised(
+    turn: int,
+    kind: Literal["failing", "recovered"],
+    *,
+    failures: int,
+    reason: str | None,
+    detail: str | None,
+    at: str | None = None,
+) -> Event:
+    """The job's alert sinks are told (behind the delivery fence) that it is failing
+    (``failures`` beats in a row, the last one's ``reason`` and ``detail``) or that it
+    recovered (turn ``turn`` completed after ``failures`` failed beats)."""
+    return _event(
+        "alert_raised", at, turn=turn, alert=kind, failures=failures, reason=reason, detail=detail
     )

@@ -44,7 +44,8 @@ from daemon.fsutil import write_file_atomically
 from daemon.journal.conversation import ConversationState
 from daemon.journal.framing import NONCE_BYTES
 from daemon.journal.keyring import Keyring
-from jobs.ledger import JobLedger, OpenDelivery
+from jobs.ledger import Failure, JobLedger, OpenDelivery, QueuedMessage
+from jobs.pause import Pause
 
 __all__ = [
     "CHECKPOINT_SUFFIX",
@@ -74,7 +75,8 @@ _TAIL_READ = 1 << 16  # the last covered line is looked for in blocks of this si
 def _fold_fingerprint() -> str:
     parts = [str(FOLD_VERSION)]
     nested = sorted({kind for _, kind in ConversationState.NESTED}, key=lambda k: k.__name__)
-    for cls in (ConversationState, *nested, JobLedger, OpenDelivery):
+    ledger_parts = (JobLedger, OpenDelivery, Failure, QueuedMessage, Pause)
+    for cls in (ConversationState, *nested, *ledger_parts):
         parts.append(cls.__name__ + ":" + ",".join(f.name for f in fields(cls)))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 

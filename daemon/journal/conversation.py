@@ -8,6 +8,7 @@ memory, so a thousand long conversations cost little.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from daemon.runtime.recovery_read import Folded
 
 Listener = Callable[[str, int, Event], None]
+Timing = Callable[[str, float], None]  # ("append" | "sync", seconds)
 HEALED_REASON = "daemon_stopped_mid_turn"
 WRITE_FAILED = "journal_write_failed"  # a turn whose events the journal could not hold
 
@@ -161,6 +163,7 @@ class Conversation:
         self.listeners: list[Listener] = []
         self.busy = False
         self.log = get_logger(job=name)
+        self.timing: Timing | None = None  # metrics: how long appends and syncs take
 
     @classmethod
     def open(
@@ -201,7 +204,13 @@ class Conversation:
 
     def record(self, event: Event) -> int:
         """Journal ``event``, then show it. Raises the journal's errors unshown."""
-        seq = self.journal.append(event)
+        timing = self.timing
+        if timing is None:
+            seq = self.journal.append(event)
+        else:
+            started = time.perf_counter()
+            seq = self.journal.append(event)
+            timing("append", time.perf_counter() - started)
         self.state.feed(event)
         self._show(seq, event)
         for listener in self.listeners:
@@ -209,7 +218,13 @@ class Conversation:
         return seq
 
     def turn_boundary(self) -> None:
+        timing = self.timing
+        if timing is None:
+            self.journal.sync()
+            return
+        started = time.perf_counter()
         self.journal.sync()
+        timing("sync", time.perf_counter() - started)
 
     def heal(self) -> OpenTurn | None:
         """Mark a turn the previous process left unfinished as interrupted (once).

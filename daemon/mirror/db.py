@@ -156,6 +156,8 @@ class ConversationSummary:
     records: int
     forked_from: str | None = None  # the source conversation of a fork
     forked_turn: int | None = None  # the source's turn it was cut at
+    paused_by: str | None = None  # "operator" or "auto" while paused
+    paused_until: str | None = None  # the pause's end; None: until `vigil resume`
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -169,6 +171,9 @@ class ConversationSummary:
             "records": self.records,
             "forked_from": self.forked_from,
             "forked_turn": self.forked_turn,
+            "paused": self.paused_by is not None,
+            "paused_by": self.paused_by,
+            "paused_until": self.paused_until,
         }
 
     @property
@@ -366,6 +371,7 @@ class Mirror:
             c.last_activity = row["last_activity"]
             c.forked_from, c.forked_turn = row["forked_from"], row["forked_turn"]
             c.forked_session = row["forked_session"]
+            c.paused_by, c.paused_until = row["paused_by"], row["paused_until"]
             open_row = self.db.execute(
                 "SELECT * FROM turns WHERE conversation = ? AND status = 'running' "
                 "ORDER BY turn DESC LIMIT 1",
@@ -600,6 +606,8 @@ class Mirror:
             """
             SELECT c.name, c.session_id, c.last_activity, c.last_seq,
               c.forked_from, c.forked_turn,
+              CASE WHEN c.paused_until IS NULL OR c.paused_until > ? THEN c.paused_by END,
+              c.paused_until,
               (SELECT count(*) FROM turns t WHERE t.conversation = c.name),
               (SELECT coalesce(
                   (SELECT status FROM turns t WHERE t.conversation = c.name
@@ -608,7 +616,8 @@ class Mirror:
                      ORDER BY turn DESC LIMIT 1))),
               (SELECT coalesce(sum(cost_usd), 0) FROM turns t WHERE t.conversation = c.name)
             FROM conversations c ORDER BY c.name
-            """
+            """,
+            (_utc_now_iso(),),
         ).fetchall()
         utc_today = local_day_bounds(datetime.now(UTC).date(), UTC)
         summaries = []
@@ -622,15 +631,17 @@ class Mirror:
             summaries.append(
                 ConversationSummary(
                     name=r[0],
-                    turns=r[6],
-                    last_status=r[7],
+                    turns=r[8],
+                    last_status=r[9],
                     last_activity=r[2],
                     spend_today_usd=round(spent, 6),
-                    spend_total_usd=round(r[8], 6),
+                    spend_total_usd=round(r[10], 6),
                     session_id=r[1],
                     records=r[3],
                     forked_from=r[4],
                     forked_turn=r[5],
+                    paused_by=r[6],
+                    paused_until=r[7] if r[6] is not None else None,
                 )
             )
         return summaries
@@ -640,6 +651,11 @@ def _iso_prefix(when: datetime) -> str:
     """``when`` (UTC) as the prefix the journal's ``at`` strings sort against: every
     stamp at or after that second sorts at or after it (``...T22:00:00.123Z``)."""
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _utc_now_iso() -> str:
+    """Now as the journal writes instants (``...Z``), comparable as text with them."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

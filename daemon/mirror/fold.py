@@ -219,6 +219,8 @@ class ConvState:
     forked_from: str | None = None  # a fork's source conversation, turn and session
     forked_turn: int | None = None
     forked_session: str | None = None
+    paused_by: str | None = None  # "operator" or "auto" while a pause is journaled
+    paused_until: str | None = None  # its end (UTC ISO), None: until resumed
     open: TurnState | None = None  # started, not ended; kept across writes
     turns: dict[int, TurnState] = field(default_factory=dict)
     tools: dict[int, ToolState] = field(default_factory=dict)
@@ -247,6 +249,8 @@ class ConvState:
             self.forked_from,
             self.forked_turn,
             self.forked_session,
+            self.paused_by,
+            self.paused_until,
         )
 
 
@@ -267,8 +271,8 @@ def fold_event(c: ConvState, seq: int, ev: Event, loader: Loader) -> None:  # no
     step = c.costs.feed(ev)  # every result moves the running total (jobs.cost)
     if isinstance(at, str):
         c.last_activity = at
-    if kind in ("session_bound", "forked"):
-        _session(c, ev)
+    if kind in ("session_bound", "forked", "job_paused", "job_resumed"):
+        (_session if kind in ("session_bound", "forked") else _pause)(c, ev)
         return
     turn_no = ev.get("turn")
     if not isinstance(turn_no, int):
@@ -314,6 +318,14 @@ def fold_event(c: ConvState, seq: int, ev: Event, loader: Loader) -> None:  # no
             t.reason = ev.get("reason")
         if c.open is t:
             c.open = None
+
+
+def _pause(c: ConvState, ev: Event) -> None:
+    """``vigil pause`` / ``resume`` (or ``auto_pause_after``): no turn of its own."""
+    if ev.get("type") == "job_paused":
+        c.paused_by, c.paused_until = str(ev.get("by", "operator")), ev.get("until")
+    else:
+        c.paused_by = c.paused_until = None
 
 
 def _session(c: ConvState, ev: Event) -> None:

@@ -6,7 +6,8 @@ and rebuilt, never migrated (it is derived data).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2  # 2: conversations.forked_from, forked_turn, forked_session
+SCHEMA_VERSION = 3  # 2: conversations.forked_from, forked_turn, forked_session
+# 3: conversations.paused_by, paused_until (vigil pause)
 
 SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -19,7 +20,9 @@ CREATE TABLE conversations(
     last_activity TEXT,
     forked_from TEXT,
     forked_turn INTEGER,
-    forked_session TEXT
+    forked_session TEXT,
+    paused_by TEXT,
+    paused_until TEXT
 );
 CREATE TABLE turns(
     id INTEGER PRIMARY KEY,
@@ -112,6 +115,8 @@ DUMP_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "forked_from",
             "forked_turn",
             "forked_session",
+            "paused_by",
+            "paused_until",
         ),
     ),
     "turns": (

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -90,11 +90,13 @@ class BeatRunner:
         *,
         due_at: str | None = None,
         waited_s: float | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> BeatResult:
         """Run one turn. Callers must check :attr:`busy` first (one turn at a time).
 
         ``due_at`` and ``waited_s`` (the wait for a turn slot) are journaled with the
-        turn's start, so the delay from due to first delta can be read back."""
+        turn's start, so the delay from due to first delta can be read back; ``extra``
+        adds fields to it (``request`` of ``vigil send``, ``queued`` message ids)."""
         conv = self.conversation
         if conv.busy:
             return self.skip("previous_turn_running", "a beat came due while a turn was running")
@@ -114,6 +116,7 @@ class BeatRunner:
                         waited_s=waited_s,
                     ),
                     "prompt_uuid": prompt_uuid,
+                    **(extra or {}),
                 }
             )
             try:

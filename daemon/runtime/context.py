@@ -115,6 +115,10 @@ class Runtime:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     waiting: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # beats without a slot
     draining: bool = False
+    # Every conversation also tells these of each journaled event (metrics), and times
+    # its journal's appends and syncs with ``timing``.
+    listeners: list[Callable[[str, int, Event], None]] = field(default_factory=list)
+    timing: Callable[[str, float], None] | None = None
 
     def live_jobs(self) -> list[Job]:
         return [j for j in self.jobs.values() if not j.retired]

@@ -6,6 +6,12 @@ closes. Requests::
 
     {"op": "status"}               -> {"ok": true, "status": {...}}
     {"op": "beat", "job": "inbox"} -> {"ok": true} | {"ok": false, "error": "..."}
+    {"op": "send", "job": "inbox", "text": "..."}   -> {"ok": true, "request": "<id>"}
+    {"op": "queue", "job": "inbox", "text": "..."}  -> {"ok": true, "id": "<id>", "queued": N}
+    {"op": "pause", "job": "inbox", "for_s": 3600}  -> {"ok": true, "until": "..." | null}
+    {"op": "resume", "job": "inbox"}                -> {"ok": true, "was_paused": true}
+
+(``send``, ``queue``, ``pause`` and ``resume``: :mod:`daemon.runtime.operator`.)
 
 Errors never crash the daemon; a malformed request gets ``{"ok": false, "error": ...}``.
 """
@@ -22,6 +28,7 @@ from typing import Any, Protocol
 
 SOCKET_NAME = "control.sock"
 MAX_REQUEST = 64 * 1024
+OPERATOR_OPS = frozenset({"send", "queue", "pause", "resume"})
 
 
 class ControlTarget(Protocol):
@@ -30,6 +37,9 @@ class ControlTarget(Protocol):
 
     def request_beat(self, name: str) -> tuple[bool, str]:
         """Start a beat of ``name`` now; (False, why) when refused."""
+
+    def operator_request(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
+        """``send``, ``queue``, ``pause`` or ``resume``: the answer to send back."""
 
 
 class ControlServer:
@@ -66,7 +76,7 @@ class ControlServer:
         finally:
             writer.close()
 
-    def _answer(self, line: bytes) -> dict[str, Any]:
+    def _answer(self, line: bytes) -> dict[str, Any]:  # noqa: PLR0911  # one answer per op
         if len(line) > MAX_REQUEST:
             return {"ok": False, "error": "request too large"}
         request = json.loads(line)
@@ -81,6 +91,8 @@ class ControlServer:
                 return {"ok": False, "error": "beat needs a job name"}
             ok, why = self.target.request_beat(name)
             return {"ok": ok} if ok else {"ok": False, "error": why}
+        if op in OPERATOR_OPS:
+            return self.target.operator_request(str(op), request)
         return {"ok": False, "error": f"unknown op {op!r}"}
 
 

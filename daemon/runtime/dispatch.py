@@ -11,7 +11,9 @@ job's sinks behind the delivery fence.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 from daemon.agent.pool import LeaseTimeout
 from daemon.errors import JournalFatalError, JournalWriteError
@@ -23,9 +25,13 @@ from daemon.runtime.scheduling import Scheduling
 from daemon.runtime.status import status_line
 from jobs.delivery import deliver
 from jobs.gate import check_beat
+from jobs.prompt import with_queued
 from jobs.sinks import Reply
 
-__all__ = ["Dispatcher", "iso_z", "wait_window"]
+__all__ = ["AfterBeat", "Dispatcher", "iso_z", "wait_window"]
+
+# Runs after each beat that ran (completed, failed or interrupted), before delivery.
+AfterBeat = Callable[[Job, BeatResult], Awaitable[None]]
 
 
 def iso_z(when: datetime) -> str:
@@ -45,6 +51,7 @@ class Dispatcher:
     def __init__(self, rt: Runtime, scheduling: Scheduling) -> None:
         self.rt = rt
         self.scheduling = scheduling
+        self.after_beat: list[AfterBeat] = []
 
     async def on_due(self, name: str) -> None:
         self.due(name, "schedule")
@@ -66,6 +73,7 @@ class Dispatcher:
                 now=now,
                 spent_today=job.ledger.spend.spent_today(now, job.config.zone),
                 manual=trigger == "manual",
+                pause=job.ledger.pause,
             )
             if skip is not None:
                 job.runner.skip(skip.reason, skip.detail)
@@ -76,7 +84,11 @@ class Dispatcher:
         except JournalWriteError as exc:
             rt.health.degrade(name, exc)
             return False
-        self.spawn(name, job.config.prompt_text, trigger)
+        # Messages queued with `vigil send --next-beat` join this beat's prompt; its
+        # turn_started names them, which consumes them.
+        queued = list(job.ledger.queued.values())
+        prompt = with_queued(job.config.prompt_text, [q.text for q in queued])
+        self.spawn(name, prompt, trigger, {"queued": [q.id for q in queued]} if queued else None)
         return True
 
     def request_beat(self, name: str) -> tuple[bool, str]:
@@ -106,11 +118,14 @@ class Dispatcher:
             )
         return None
 
-    def spawn(self, name: str, prompt: str, trigger: Trigger) -> None:
+    def spawn(
+        self, name: str, prompt: str, trigger: Trigger, extra: dict[str, Any] | None = None
+    ) -> None:
+        """Start a beat; ``extra`` fields are journaled with its turn_started (or its skip)."""
         rt = self.rt
         job = rt.jobs[name]
         task = asyncio.create_task(
-            self._beat(job, prompt, trigger, rt.clock.now()), name=f"beat:{name}"
+            self._beat(job, prompt, trigger, rt.clock.now(), extra), name=f"beat:{name}"
         )
         rt.tasks.add(task)
         job.tasks.add(task)
@@ -125,11 +140,18 @@ class Dispatcher:
         if job.retired and not job.tasks and not self.rt.draining:
             self.rt.background(close_job(self.rt, job), f"close:{job.name}")
 
-    async def _beat(self, job: Job, prompt: str, trigger: Trigger, due: datetime) -> None:
+    async def _beat(
+        self,
+        job: Job,
+        prompt: str,
+        trigger: Trigger,
+        due: datetime,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         rt = self.rt
         runner = job.runner
         try:
-            result = await self._leased_beat(job, prompt, trigger, due)
+            result = await self._leased_beat(job, prompt, trigger, due, extra or {})
         except JournalFatalError as exc:
             rt.health.die(exc)
             await runner.agent.disconnect()
@@ -147,16 +169,25 @@ class Dispatcher:
             job.reconnect_after_turn = False
             await runner.agent.disconnect()
         self.scheduling.apply_backoff(job)
+        for hook in self.after_beat:
+            try:
+                await hook(job, result)
+            except JournalFatalError as exc:
+                rt.health.die(exc)
+            except JournalWriteError as exc:
+                rt.health.degrade(job.name, exc)
         if result.outcome == "completed" and not result.quiet and result.reply:
             await self._deliver(job, result)
 
     async def _leased_beat(
-        self, job: Job, prompt: str, trigger: Trigger, due: datetime
+        self, job: Job, prompt: str, trigger: Trigger, due: datetime, extra: dict[str, Any]
     ) -> BeatResult:
         """Wait (up to the beat's window) for a turn slot and a live client, then run."""
         rt = self.rt
         runner = job.runner
         task = rt.waiting.get(job.name)
+        # A skipped `vigil send` names its request, so the waiting CLI learns of it.
+        request = {"request": extra["request"]} if "request" in extra else {}
         window = wait_window(
             due, rt.schedule.next_due(job.name), runner.turn_timeout.total_seconds()
         )
@@ -164,12 +195,13 @@ class Dispatcher:
             async with rt.pool.lease(job.name, runner.agent, wait_s=window) as waited:
                 del rt.waiting[job.name]
                 if rt.draining:
-                    return runner.skip("daemon_stopping", "the daemon is stopping")
+                    return runner.skip("daemon_stopping", "the daemon is stopping", **request)
                 return await runner.beat(
                     prompt,
                     trigger,
                     due_at=iso_z(due),
                     waited_s=round(waited, 3) if waited >= 0.001 else None,
+                    extra=extra,
                 )
         except LeaseTimeout as exc:
             return runner.skip(
@@ -177,10 +209,13 @@ class Dispatcher:
                 str(exc),
                 waited_s=round(exc.waited_s, 3),
                 max_concurrent_turns=rt.pool.max_turns,
+                **request,
             )
         except asyncio.CancelledError:
             if rt.waiting.get(job.name) is task:
-                runner.skip("daemon_stopping", "the daemon stopped while the beat waited")
+                runner.skip(
+                    "daemon_stopping", "the daemon stopped while the beat waited", **request
+                )
             raise
         finally:
             if rt.waiting.get(job.name) is task:

@@ -25,12 +25,15 @@ from jobs.ledger import JobLedger
 from jobs.sinks import CommandSink, FileSink, Reply, Sink, StdoutSink, WebhookSink
 
 __all__ = [
+    "ALERT_PREFIX",
     "Job",
     "JournalDeliveryLog",
     "agent_spec",
+    "alert_routes",
     "beat_policy",
     "routes",
     "schedule_key",
+    "sink_type",
 ]
 
 
@@ -117,6 +120,30 @@ def routes(cfg: HeartbeatConfig, *, emit: Callable[[Reply], None]) -> list[Route
         Route(_sink(name, sink, emit), retries=sink.retries, retry_delay=sink.retry_delay)
         for name, sink in cfg.sinks
     ]
+
+
+ALERT_PREFIX = "alert:"  # alert sinks' names in the delivery fence: "<turn>/alert:<name>"
+
+
+def alert_routes(cfg: HeartbeatConfig, *, emit: Callable[[Reply], None]) -> list[Route]:
+    """The job's ``[[heartbeat.alert]]`` sinks; ``emit`` shows stdout alerts."""
+    return [
+        Route(
+            _sink(ALERT_PREFIX + name, sink, emit),
+            retries=sink.retries,
+            retry_delay=sink.retry_delay,
+        )
+        for name, sink in cfg.alert_sinks
+    ]
+
+
+def sink_type(cfg: HeartbeatConfig, sink: str) -> str:
+    """The type of the sink (reply or alert) a delivery names; "unknown" if gone."""
+    if sink.startswith(ALERT_PREFIX):
+        found = dict(cfg.alert_sinks).get(sink[len(ALERT_PREFIX) :])
+    else:
+        found = dict(cfg.sinks).get(sink)
+    return found.type if found is not None else "unknown"
 
 
 class JournalDeliveryLog:

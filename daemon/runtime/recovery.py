@@ -199,6 +199,8 @@ class Recovery:
         rt = self.rt
         conv.listeners.append(lambda _name, _seq, event: ledger.feed(event))
         conv.listeners.append(rt.mirror.apply)
+        conv.listeners.extend(rt.listeners)
+        conv.timing = rt.timing
         log = rt.log.bind(job=job_cfg.name)
         remembered = conv.state.cwd
         if remembered is not None and remembered != str(job_cfg.cwd):

@@ -20,6 +20,7 @@ def status_snapshot(rt: Runtime) -> dict[str, Any]:
             continue
         last = job.runner.last
         due = rt.schedule.next_due(name)
+        pause = job.ledger.paused(now)
         jobs.append(
             {
                 "name": name,
@@ -32,6 +33,14 @@ def status_snapshot(rt: Runtime) -> dict[str, Any]:
                 "session_id": job.runner.conversation.state.session_id,
                 "client_connected": job.runner.agent.connected,
                 "cli_pid": job.runner.agent.cli_pid(),
+                "paused": pause is not None,
+                "paused_until": pause.until.astimezone(UTC).isoformat()
+                if pause is not None and pause.until is not None
+                else None,
+                "paused_by": pause.by if pause is not None else None,
+                "failure_streak": job.ledger.failure_streak,
+                "alerting": job.ledger.alerting,
+                "queued_messages": len(job.ledger.queued),
             }
         )
     pool = rt.pool
@@ -66,6 +75,9 @@ def status_line(rt: Runtime) -> str:
     if lasts:
         failed = sum(1 for r in lasts if r is not None and r.outcome == "failed")
         parts.append(f"{failed} failing")
+    paused = sum(1 for j in live if j.ledger.paused(rt.clock.now()) is not None)
+    if paused:
+        parts.append(f"{paused} paused")
     if rt.health.degraded:
         parts.insert(0, "degraded")
     if rt.draining:

@@ -34,10 +34,14 @@ from daemon.logs import get_logger
 from daemon.mirror.live import LiveMirror
 from daemon.ports.agent import AgentDriver, AgentSpec
 from daemon.ports.clock import Clock, SystemClock
+from daemon.runtime.alerts import Alerts
 from daemon.runtime.context import AgentFactory, Health, Runtime
 from daemon.runtime.control import SOCKET_NAME, ControlServer
 from daemon.runtime.dispatch import Dispatcher
+from daemon.runtime.metrics import Metrics
+from daemon.runtime.metrics_http import MetricsServer
 from daemon.runtime.notify import Notifier, run_watchdog, watchdog_interval
+from daemon.runtime.operator import Operator
 from daemon.runtime.recovery import Recovery
 from daemon.runtime.reloading import Reloader
 from daemon.runtime.scheduler import BeatScheduler
@@ -143,6 +147,13 @@ class Supervisor:
         self.scheduling = Scheduling(rt)
         self.dispatch = Dispatcher(rt, self.scheduling)
         self.reloader = Reloader(rt, self.recovery, self.scheduling, self.dispatch)
+        self.operator = Operator(rt, self.dispatch)
+        self.dispatch.after_beat.append(Alerts(rt).after_beat)
+        self.metrics: Metrics | None = None
+        if daemon_cfg.metrics is not None:
+            self.metrics = Metrics(rt)
+            rt.listeners.append(self.metrics.feed)
+            rt.timing = self.metrics.timing
         return rt
 
     async def _run_locked(self) -> int:
@@ -158,6 +169,7 @@ class Supervisor:
         replays = self.recovery.recover()
         control = ControlServer(self.layout.runtime_dir / SOCKET_NAME, self)
         await control.start()
+        metrics = await self._start_metrics()
         self.notifier.notify("READY=1\nSTATUS=" + status_line(rt))
         start_sdk_import()  # unless the workers' read overlapped it; connects wait for it
         self.log.info("ready", jobs=sorted(rt.jobs), state_dir=str(self.layout.state_dir))
@@ -187,6 +199,8 @@ class Supervisor:
         await mirroring  # a rebuild in progress finishes: the mirror is left complete
         flusher.cancel()
         await control.stop()
+        if metrics is not None:
+            await metrics.stop()
         mirror.flush()
         mirror.close()
         if watchdog is not None:
@@ -196,6 +210,21 @@ class Supervisor:
             return self.health.fatal.exit_code
         self.log.info("stopped")
         return 0
+
+    async def _start_metrics(self) -> MetricsServer | None:
+        """Serve ``/metrics`` when ``[daemon] metrics`` is set; a busy address is logged
+        (beats matter more than their metrics) and the daemon runs on without them."""
+        endpoint = self.config.daemon.metrics
+        if endpoint is None or self.metrics is None:
+            return None
+        server = MetricsServer(endpoint, self.metrics.registry)
+        try:
+            await server.start()
+        except OSError as exc:
+            self.log.error("metrics_not_served", address=str(endpoint), error=str(exc))
+            return None
+        self.log.info("metrics_serving", address=str(endpoint))
+        return server
 
     async def _flush_mirror_loop(self, mirror: LiveMirror) -> None:
         while True:
@@ -242,6 +271,11 @@ class Supervisor:
         if self.rt is None:
             return False, "the daemon is starting"
         return self.dispatch.request_beat(name)
+
+    def operator_request(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
+        if self.rt is None:
+            return {"ok": False, "error": "the daemon is starting"}
+        return self.operator.handle(op, request)
 
     def status_line(self) -> str:
         return status_line(self.rt) if self.rt is not None else "starting"

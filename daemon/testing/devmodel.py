@@ -347,7 +347,8 @@ class DevModelStats:
     ``message_requests`` the calls to ``/v1/messages``; ``streamed`` those answered
     with an event stream (cut ones included); ``cut`` those cut off by ``[cut]``;
     ``failed`` those answered with an error status; ``last_prompts`` the last user
-    text of the last 20 message calls, oldest first.
+    text of the last 20 message calls, oldest first; ``last_seen`` every user turn's
+    text (whitespace collapsed) of the newest message call: what the model remembered.
     """
 
     requests: int = 0
@@ -357,6 +358,7 @@ class DevModelStats:
     cut: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
     last_prompts: list[str] = field(default_factory=list)
+    last_seen: list[str] = field(default_factory=list)
 
     def to_json(self) -> JsonDict:
         data = asdict(self)
@@ -596,6 +598,7 @@ class DevModelServer:
             return True
         last = latest_prompt(body["messages"])
         self.stats.record_prompt(last)
+        self.stats.last_seen = [" ".join(t.split()) for t in user_texts(body["messages"])]
         directives = parse_directives(last)
         if self.control.fail_next > 0:
             self.control.fail_next -= 1
