@@ -28,6 +28,17 @@ Every beat here starts a CLI process (about 1 CPU second), so the answer is boun
 by the CPU the machine leaves to vigil: the table shows what the rest of the machine
 used during the window.
 
+**Fairness** (issue 15), after that in the same run: N conversations (48) beat again
+and again, every ``D`` with ``jitter = D/2``. A probe far above capacity measures the
+sustainable rate (the beats per minute the pool completes when saturated); then trials
+offer 1x, 1.5x and 2x of it. Each reports beats per minute, due -> first delta p50/p99,
+``no_capacity`` skips, Jain's index over the turns each conversation completed in the
+window (``(sum x)^2 / (n sum x^2)``: 1.0 is perfectly even; target >= 0.95 at 2x), and
+the CPU seconds per completed beat of the daemon process alone and of its whole tree
+(the daemon plus the CLI processes). ``--quick`` runs only these, small (about 5
+minutes); the full run (rate search, main run, fairness) takes about 35 minutes.
+
+    PYTHONPATH=. .venv/bin/python bench/fleet.py --quick         # fairness only, ~5 min
     PYTHONPATH=. .venv/bin/python bench/fleet.py                 # find the rate, then 5 min
     PYTHONPATH=. .venv/bin/python bench/fleet.py --rate 40 --minutes 5
     PYTHONPATH=. .venv/bin/python bench/fleet.py --conversations 50 --interval 2m --minutes 1
@@ -38,7 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -46,17 +56,27 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from bench.fleet_stats import Beat, WindowStats, beats_of, parse_at, percentile, window_stats
+from bench.fleet_stats import (
+    Beat,
+    WindowStats,
+    beats_of,
+    best_jain_index,
+    completed_per_job,
+    jain_index,
+    parse_at,
+    percentile,
+    window_stats,
+)
 from daemon.durations import format_duration, parse_duration
-from daemon.journal.file import read_events
-from daemon.journal.keyring import Keyring, generate_key_file
+from daemon.journal.keyring import Keyring
+from daemon.journal.scan import read_events
+from daemon.testing.harness import Daemon, HarnessError, Job, LoopbackModel, Site, descendants
 from jobs.splay import first_beat_splay
 
 RSS_TARGET_GB = 4.0
@@ -66,8 +86,6 @@ _UNIT = timedelta(days=10_000)  # first_beat_splay(name, _UNIT) / _UNIT: the nam
 TRIAL_FRACTIONS = (0.8, 0.9, 1.0, 1.1, 1.2)  # of the probe's throughput, ascending
 FALLBACK_FRACTIONS = (0.6, 0.4)  # when even the first one fell behind
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-DROPPED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "VIGIL_CONFIG", "TMPDIR")
-DROPPED_PREFIXES = ("ANTHROPIC_", "CLAUDE_", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy")
 
 
 def log(message: str) -> None:
@@ -79,25 +97,6 @@ def load_average() -> str:
 
 
 # ---------------------------------------------------------------- processes
-
-
-def descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                kids = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
-            except OSError:
-                continue
-            found += map(int, kids)
-            todo += map(int, kids)
-    return found
 
 
 def memory_kb(pid: int) -> tuple[int, int]:
@@ -197,47 +196,6 @@ class TreeSampler:
         self._thread.join(timeout=10)
 
 
-# ---------------------------------------------------------------- the model
-
-
-class LoopbackModel:
-    """``python -m daemon.testing.devmodel`` on 127.0.0.1 (what ``vigil dev-model`` runs)."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.testing.devmodel", "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        banner = self.proc.stdout.readline()
-        match = re.fullmatch(r"dev-model listening on (http://127\.0\.0\.1:\d+)\s*", banner)
-        if match is None:
-            self.stop()
-            raise SystemExit(f"dev-model did not start: {banner!r}")
-        self.url = match.group(1)
-
-    def stats(self) -> dict[str, Any]:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(self.url + "/_stats", timeout=10) as response:  # 127.0.0.1 only
-            answer: dict[str, Any] = json.loads(response.read())
-        return answer
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
 # ---------------------------------------------------------------- one run
 
 
@@ -251,14 +209,21 @@ class RunSpec:
     warmup: timedelta
     measure: timedelta
     rate: float | None = None  # the offered beats per minute asked for (--rate, a trial)
+    jitter_fraction: float | None = None  # fairness runs: jitter = every * this; beats repeat
 
     @property
     def jitter(self) -> timedelta:
+        if self.jitter_fraction is not None:
+            return self.every * self.jitter_fraction
         return self.every - timedelta(seconds=1)
 
     @property
     def nominal_rate(self) -> float:
-        """Beats per minute offered while the first beats are spread over the jitter."""
+        """Beats per minute offered while the first beats are spread over the jitter
+        (a fairness run: every beat of every conversation, one per ``every``)."""
+        if self.jitter_fraction is not None:  # the jitter adds to every interval on average
+            mean = self.every * (1 + self.jitter_fraction / 2)
+            return self.conversations / (mean.total_seconds() / 60)
         return self.conversations / (self.jitter.total_seconds() / 60)
 
     def names(self) -> list[str]:
@@ -305,6 +270,17 @@ class RunResult:
     model_requests: int = 0
     load_before: str = ""
     load_after: str = ""
+    completed_by_job: dict[str, int] = field(default_factory=dict)  # in the window
+
+    @property
+    def fairness(self) -> float | None:
+        """Jain's index over the turns each conversation completed in the window."""
+        return jain_index(list(self.completed_by_job.values()))
+
+    @property
+    def best_fairness(self) -> float | None:
+        """The best index the completed beats could reach (whole beats, evenly spread)."""
+        return best_jain_index(sum(self.completed_by_job.values()), len(self.completed_by_job))
 
     @property
     def kept_up(self) -> bool:
@@ -336,6 +312,10 @@ class RunResult:
             "rest_of_machine": round(max(machine - tree - model, 0.0), 2),
             "vigil_cpu_s_per_completed_beat": round(
                 tree * seconds / max(self.stats.completed, 1), 2
+            ),
+            # The daemon process alone (its threads; not the CLI processes it runs).
+            "daemon_cpu_s_per_completed_beat": round(
+                daemon * seconds / max(self.stats.completed, 1), 3
             ),
         }
 
@@ -371,83 +351,38 @@ class RunResult:
             "exit_code": self.exit_code,
             "load_before": self.load_before,
             "load_after": self.load_after,
+            "jain_index": None if self.fairness is None else round(self.fairness, 4),
+            "jain_index_best_possible": (
+                None if self.best_fairness is None else round(self.best_fairness, 4)
+            ),
+            "completed_per_conversation": {
+                "min": min(self.completed_by_job.values(), default=0),
+                "max": max(self.completed_by_job.values(), default=0),
+            },
         }
 
 
-def write_site(root: Path, spec: RunSpec) -> Path:
-    generate_key_file(root / "vigil.key")
-    (root / "agents").mkdir()
-    lines = [
-        "[daemon]",
-        'state_dir = "state"',
-        'runtime_dir = "run"',
-        'key_file = "vigil.key"',
-        'drain_grace = "10s"',
-        f"max_live_clients = {spec.max_live}",
-        f"max_concurrent_turns = {spec.max_turns}",
+def write_site(site: Site, spec: RunSpec) -> Path:
+    every, jitter = format_duration(spec.every), format_duration(spec.jitter)
+    jobs = [
+        Job(name, f"{name} checks in.", every=every, cwd="agents", extra={"jitter": jitter})
+        for name in spec.names()
     ]
-    for name in spec.names():
-        lines += [
-            "",
-            "[[heartbeat]]",
-            f'name = "{name}"',
-            f'every = "{format_duration(spec.every)}"',
-            f'jitter = "{format_duration(spec.jitter)}"',
-            f'prompt = "{name} checks in."',
-            'cwd = "agents"',
-        ]
-    config = root / "vigil.toml"
-    config.write_text("\n".join(lines) + "\n")
-    return config
-
-
-def daemon_env(model_url: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in DROPPED_ENV and not k.startswith(DROPPED_PREFIXES)
-    }
-    env.update(
-        {
-            "ANTHROPIC_BASE_URL": model_url,
-            "ANTHROPIC_API_KEY": "fleet-bench-key",
-            "NO_PROXY": "127.0.0.1",
-            "PYTHONUNBUFFERED": "1",
-        }
+    return site.write_config(
+        jobs,
+        drain_grace="10s",
+        max_live_clients=spec.max_live,
+        max_concurrent_turns=spec.max_turns,
     )
-    return env
 
 
-def wait_ready(proc: subprocess.Popen[bytes], stdout: Path, timeout: float) -> datetime:
-    deadline = time.monotonic() + timeout
-    offset = 0
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"vigil run exited with {proc.returncode} before READY")
-        with stdout.open() as stream:
-            stream.seek(offset)
-            chunk = stream.read()
-        complete = chunk[: chunk.rfind("\n") + 1]
-        offset += len(complete.encode())
-        for raw in complete.splitlines():
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(line, dict) and line.get("event") == "ready":
-                return parse_at(str(line["timestamp"]))
-        time.sleep(0.2)
-    raise SystemExit(f"no READY within {timeout}s")
-
-
-def stop_daemon(proc: subprocess.Popen[bytes]) -> int:
-    os.kill(proc.pid, signal.SIGTERM)
+def stop_daemon(daemon: Daemon) -> int:
     try:
-        return proc.wait(timeout=180)
-    except subprocess.TimeoutExpired:
+        return daemon.terminate(timeout=180)
+    except HarnessError:
         log("vigil run ignored SIGTERM for 180 s; killing its process group")
-        os.killpg(proc.pid, signal.SIGKILL)  # the group we created (start_new_session)
-        return proc.wait(timeout=30)
+        os.killpg(daemon.pid, signal.SIGKILL)  # the group the harness created for it
+        return daemon.proc.wait(timeout=30)
 
 
 def read_beats(root: Path, spec: RunSpec) -> dict[str, list[Beat]]:
@@ -494,8 +429,8 @@ def dispatch_lags(beats: dict[str, list[Beat]], planned: dict[str, datetime]) ->
 
 def run_once(spec: RunSpec, model: LoopbackModel, *, keep: bool) -> RunResult:
     root = Path(tempfile.mkdtemp(prefix="vigil-fleet-", dir="/tmp"))
-    config = write_site(root, spec)
-    stdout = root / "daemon.log"
+    site = Site(root, model, api_key="fleet-bench-key")
+    write_site(site, spec)
     load_before = load_average()
     requests_before = int(model.stats()["message_requests"])
     log(
@@ -503,31 +438,26 @@ def run_once(spec: RunSpec, model: LoopbackModel, *, keep: bool) -> RunResult:
         f"offered {spec.rate or spec.nominal_rate:.1f}/min; site {root}; load {load_before}"
     )
     started = time.monotonic()
-    with stdout.open("wb") as out, (root / "daemon.err").open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli.main", "run", "--config", str(config)],
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            env=daemon_env(model.url),
-            cwd=root,
-            start_new_session=True,
-        )
-    sampler = TreeSampler(proc.pid, model.proc.pid)
+    # The whole log goes to daemon.log; only READY is kept in memory.
+    daemon = site.start(
+        ready=False, log_path=root / "daemon.log", keep=lambda x: x.get("event") == "ready"
+    )
+    sampler = TreeSampler(daemon.pid, model.proc.pid)
     try:
-        ready = wait_ready(proc, stdout, timeout=600)
+        try:
+            ready = parse_at(str(daemon.wait_ready(timeout=600)["timestamp"]))
+        except HarnessError as exc:
+            raise SystemExit(f"vigil run did not get READY: {exc}") from None
         ready_s = time.monotonic() - started
         start = ready + spec.warmup
         end = start + spec.measure
-        wait_until(proc, end + timedelta(seconds=1), sampler)
+        wait_until(daemon.proc, end + timedelta(seconds=1), sampler)
         stopping = time.monotonic()
-        exit_code = stop_daemon(proc)
+        exit_code = stop_daemon(daemon)
         stop_s = time.monotonic() - stopping
     finally:
         sampler.stop()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        site.close(keep_logs=keep)
     beats = read_beats(root, spec)
     planned = planned_first_dues(spec, ready)
     cancelled = date_unstarted_first_beats(beats, planned)
@@ -545,6 +475,7 @@ def run_once(spec: RunSpec, model: LoopbackModel, *, keep: bool) -> RunResult:
         model_requests=int(model.stats()["message_requests"]) - requests_before,
         load_before=load_before,
         load_after=load_average(),
+        completed_by_job=completed_per_job(beats, start, end),
     )
     if keep:
         log(f"kept {root}")
@@ -561,7 +492,7 @@ def run_once(spec: RunSpec, model: LoopbackModel, *, keep: bool) -> RunResult:
     return result
 
 
-def wait_until(proc: subprocess.Popen[bytes], when: datetime, sampler: TreeSampler) -> None:
+def wait_until(proc: subprocess.Popen[str], when: datetime, sampler: TreeSampler) -> None:
     last_note = time.monotonic()
     while (left := (when - datetime.now(UTC)).total_seconds()) > 0:
         if proc.poll() is not None:
@@ -744,6 +675,120 @@ def verdicts(result: RunResult, rate: float | None) -> list[tuple[str, bool, str
     ]
 
 
+# ---------------------------------------------------------------- fairness
+
+
+FAIRNESS_LOADS = (1.0, 1.5, 2.0)  # of the sustainable rate
+FAIRNESS_TARGET = 0.95  # Jain's index at 2x
+FAIRNESS_JITTER = 0.5  # of every: first beats splayed over half an interval, later ones jittered
+
+
+@dataclass(frozen=True)
+class FairnessPlan:
+    conversations: int
+    max_live: int
+    max_turns: int
+    warmup: timedelta
+    measure: timedelta
+    probe_warmup: timedelta
+    probe_measure: timedelta
+    probe_rate: float  # per minute, far above capacity
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> FairnessPlan:
+        quick = args.quick
+        return cls(
+            conversations=args.fairness_conversations or (10 if quick else 48),
+            max_live=min(args.max_live_clients, 4) if quick else args.max_live_clients,
+            max_turns=min(args.max_concurrent_turns, 2) if quick else args.max_concurrent_turns,
+            warmup=timedelta(seconds=15 if quick else 60),
+            measure=timedelta(seconds=60 if quick else 240),
+            probe_warmup=timedelta(seconds=15 if quick else 30),
+            probe_measure=timedelta(seconds=35 if quick else 90),
+            probe_rate=args.probe_rate,
+        )
+
+    def spec(self, label: str, rate: float, *, probe: bool = False) -> RunSpec:
+        """N conversations offering ``rate`` beats per minute between them, jittered.
+
+        APScheduler 3 adds each beat's jitter to the next due time too (it schedules
+        from the previous fire time), so beats come on average every + jitter / 2
+        apart: ``every`` is shortened to match."""
+        mean = timedelta(minutes=self.conversations / rate)
+        every = max(mean / (1 + FAIRNESS_JITTER / 2), timedelta(seconds=2))
+        return RunSpec(
+            label,
+            self.conversations,
+            timedelta(milliseconds=round(every.total_seconds() * 1000)),
+            self.max_live,
+            self.max_turns,
+            self.probe_warmup if probe else self.warmup,
+            self.probe_measure if probe else self.measure,
+            rate,
+            jitter_fraction=FAIRNESS_JITTER,
+        )
+
+
+def run_fairness(
+    plan: FairnessPlan, model: LoopbackModel, *, keep: bool
+) -> tuple[float, list[RunResult]]:
+    """Saturate once (the sustainable rate is what the pool then completes per minute),
+    then offer 1x, 1.5x and 2x of it; every conversation beats again and again."""
+    probe = run_once(plan.spec("fair probe", plan.probe_rate, probe=True), model, keep=keep)
+    sustainable = round(probe.stats.completed_per_min, 1)
+    log(f"fairness: sustainable rate {sustainable}/min (completed at saturation)")
+    results = [probe]
+    for load in FAIRNESS_LOADS:
+        spec = plan.spec(f"fair {load:g}x", sustainable * load)
+        results.append(run_once(spec, model, keep=keep))
+    return sustainable, results
+
+
+def print_fairness(
+    plan: FairnessPlan, sustainable: float, results: list[RunResult], out: IO[str]
+) -> None:
+    print(
+        f"fairness: {plan.conversations} conversations, max_live_clients {plan.max_live}, "
+        f"max_concurrent_turns {plan.max_turns}; sustainable rate {sustainable}/min "
+        f"(completed at saturation); each trial {plan.measure.total_seconds():.0f} s "
+        f"after {plan.warmup.total_seconds():.0f} s warmup",
+        file=out,
+    )
+    print(
+        f"  {'trial':<11}{'every':>9}{'offered/min':>12}{'done/min':>10}{'no_cap':>8}"
+        f"{'Jain':>7}{'(best)':>8}{'min..max':>10}{'p50 due->delta':>16}{'p99':>8}"
+        f"{'daemon CPU/beat':>17}{'tree CPU/beat':>15}{'load':>7}",
+        file=out,
+    )
+    for r in results:
+        s, cpu = r.stats, r.cpu()
+        counts = r.completed_by_job.values()
+        jain = "-" if r.fairness is None else f"{r.fairness:.3f}"
+        best = "-" if r.best_fairness is None else f"({r.best_fairness:.3f})"
+        print(
+            f"  {r.spec.label:<11}{format_duration(r.spec.every):>9}{s.offered_per_min:>12.1f}"
+            f"{s.completed_per_min:>10.1f}{s.no_capacity:>8}{jain:>7}{best:>8}"
+            f"{f'{min(counts, default=0)}..{max(counts, default=0)}':>10}"
+            f"{fmt(s.due_to_first_delta.p50):>16}{fmt(s.due_to_first_delta.p99):>8}"
+            f"{fmt(cpu.get('daemon_cpu_s_per_completed_beat')):>17}"
+            f"{fmt(cpu.get('vigil_cpu_s_per_completed_beat')):>15}"
+            f"{r.load_after.split(' ', 1)[0]:>7}",
+            file=out,
+        )
+
+
+def fairness_verdict(results: list[RunResult]) -> tuple[str, bool, str]:
+    last = results[-1]  # the 2x trial
+    index = last.fairness
+    met = index is not None and index >= FAIRNESS_TARGET
+    shown = "-" if index is None else f"{index:.3f}"
+    if last.best_fairness is not None:
+        shown += (
+            f"; at best {last.best_fairness:.3f} for {sum(last.completed_by_job.values())} beats"
+        )
+    return (f"Jain's index >= {FAIRNESS_TARGET} at 2x the sustainable rate", met, shown)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -771,6 +816,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--probe-rate", type=float, default=240.0, help="per minute")
     parser.add_argument("--trial-seconds", type=float, default=75.0)
     parser.add_argument("--trial-warmup", type=float, default=15.0)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="only the fairness trials, small (10 conversations, a pool of at most 4 clients "
+        "and 2 turn slots, 60 s trials): about 5 minutes",
+    )
+    parser.add_argument(
+        "--fairness-conversations",
+        type=int,
+        default=None,
+        help="conversations in the fairness trials (48; 10 with --quick)",
+    )
+    parser.add_argument("--no-fairness", action="store_true", help="skip the fairness trials")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     parser.add_argument("--keep", action="store_true", help="keep each site directory")
     args = parser.parse_args(argv)
@@ -784,52 +842,82 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     model = LoopbackModel()
+    started = time.monotonic()
     trials: list[RunResult] = []
     found: float | None = None
-    rate: float | None = None
-    warmup, measure = timedelta(seconds=args.warmup), timedelta(minutes=args.minutes)
+    result: RunResult | None = None
+    plan = FairnessPlan.of(args)
+    fair: list[RunResult] = []
+    sustainable = 0.0
     try:
-        if args.interval is not None:
-            every = args.interval
-        else:
-            rate = args.rate
-            if rate is None:
-                found, trials = find_rate(args, model)
-                rate = found if found is not None else min(t.spec.rate or 0.0 for t in trials)
-                if found is None:
-                    log(f"no trial kept up; the main run uses the lowest rate tried ({rate}/min)")
-            every = interval_for(job_names(args.conversations), rate, warmup, measure)
-        spec = RunSpec(
-            "main",
-            args.conversations,
-            every,
-            args.max_live_clients,
-            args.max_concurrent_turns,
-            warmup,
-            measure,
-            rate,
-        )
-        result = run_once(spec, model, keep=args.keep)
+        if not args.quick:
+            result, trials, found = first_beats(args, model)
+        if not args.no_fairness:
+            sustainable, fair = run_fairness(plan, model, keep=args.keep)
     finally:
         model.stop()
-    checks = verdicts(result, found)
+    minutes = (time.monotonic() - started) / 60
+    checks = verdicts(result, found) if result is not None else []
+    if fair:
+        checks.append(fairness_verdict(fair))
     if args.json:
         document = {
             "sustainable_rate_per_min": found,
             "trials": [t.as_json() for t in trials],
-            "main": result.as_json(),
+            "main": None if result is None else result.as_json(),
+            "fairness": {
+                "sustainable_rate_per_min": sustainable,
+                "trials": [t.as_json() for t in fair],
+            },
             "targets": {name: {"met": ok, "value": value} for name, ok, value in checks},
+            "duration_min": round(minutes, 1),
         }
         print(json.dumps(document, indent=2, default=str))
         return 0
     if trials:
         print_trials(trials, sys.stdout)
         print(f"  highest asked rate that kept up: {found}/min\n")
-    print_run(result, sys.stdout)
-    print()
+    if result is not None:
+        print_run(result, sys.stdout)
+        print()
+    if fair:
+        print_fairness(plan, sustainable, fair, sys.stdout)
+        print()
     for name, ok, value in checks:
         print(f"target: {name}: {'met' if ok else 'MISSED'} ({value})")
+    print(f"the whole run took {minutes:.1f} minutes")
     return 0
+
+
+def first_beats(
+    args: argparse.Namespace, model: LoopbackModel
+) -> tuple[RunResult, list[RunResult], float | None]:
+    """The first-beat fleet: find the sustainable rate (unless given), then the main run."""
+    trials: list[RunResult] = []
+    found: float | None = None
+    rate: float | None = None
+    warmup, measure = timedelta(seconds=args.warmup), timedelta(minutes=args.minutes)
+    if args.interval is not None:
+        every = args.interval
+    else:
+        rate = args.rate
+        if rate is None:
+            found, trials = find_rate(args, model)
+            rate = found if found is not None else min(t.spec.rate or 0.0 for t in trials)
+            if found is None:
+                log(f"no trial kept up; the main run uses the lowest rate tried ({rate}/min)")
+        every = interval_for(job_names(args.conversations), rate, warmup, measure)
+    spec = RunSpec(
+        "main",
+        args.conversations,
+        every,
+        args.max_live_clients,
+        args.max_concurrent_turns,
+        warmup,
+        measure,
+        rate,
+    )
+    return run_once(spec, model, keep=args.keep), trials, found
 
 
 if __name__ == "__main__":

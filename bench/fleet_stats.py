@@ -242,3 +242,36 @@ def window_stats(beats: Sequence[Beat], start: datetime, end: datetime) -> Windo
     stats.backlog_max = int(max(y for _, y in series))
     stats.backlog_slope = slope_per_minute(series)
     return stats
+
+
+# ---------------------------------------------------------------- fairness
+
+
+def completed_per_job(
+    beats: Mapping[str, Sequence[Beat]], start: datetime, end: datetime
+) -> dict[str, int]:
+    """Turns each conversation completed in ``[start, end)`` (0 for a starved one)."""
+    return {
+        job: sum(1 for b in found if b.outcome == "completed" and _inside(b.ended, start, end))
+        for job, found in beats.items()
+    }
+
+
+def jain_index(values: Sequence[float]) -> float | None:
+    """Jain's fairness index, ``(sum x)^2 / (n * sum x^2)``: 1.0 when every share is
+    equal, ``1/n`` when one conversation got everything; None without any share."""
+    squares = sum(x * x for x in values)
+    if not values or squares == 0:
+        return None
+    return sum(values) ** 2 / (len(values) * squares)
+
+
+def best_jain_index(total: int, conversations: int) -> float | None:
+    """The highest Jain's index ``total`` whole beats over ``conversations`` can reach
+    (as even as integers allow): with few beats per conversation, 1.0 is out of reach
+    (12 beats over 10 conversations: at best 0.9)."""
+    if total <= 0 or conversations <= 0:
+        return None
+    share, extra = divmod(total, conversations)
+    squares = extra * (share + 1) ** 2 + (conversations - extra) * share**2
+    return total**2 / (conversations * squares)

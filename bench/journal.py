@@ -29,9 +29,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon.journal.file import FsyncPolicy, Journal, read_events
+from daemon.journal.file import FsyncPolicy, Journal
 from daemon.journal.framing import encode_payload
 from daemon.journal.keyring import Keyring
+from daemon.journal.scan import read_events
 
 STREAM = "bench"
 SYNC_EVERY = 50

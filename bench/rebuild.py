@@ -36,12 +36,14 @@ from typing import Any, NamedTuple
 
 from daemon import events as ev
 from daemon.journal.bulk import read_payloads
-from daemon.journal.file import FsyncPolicy, Journal, scan
+from daemon.journal.file import FsyncPolicy, Journal
 from daemon.journal.framing import decode_payload, encode_payload
 from daemon.journal.keyring import Keyring
 from daemon.journal.logstore import conversation_names, journal_path
-from daemon.mirror.db import DumpRow, Mirror, events_feed
-from daemon.mirror.rebuild import rebuild
+from daemon.journal.scan import scan
+from daemon.mirror.db import Mirror
+from daemon.mirror.queries import DumpRow
+from daemon.mirror.rebuild import events_feed, rebuild
 
 TARGET = 100_000
 _TEXT = (

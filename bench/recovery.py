@@ -33,9 +33,10 @@ import time
 from pathlib import Path
 
 from daemon import events as ev
-from daemon.journal.file import FsyncPolicy, Journal, read_events
+from daemon.journal.file import FsyncPolicy, Journal
 from daemon.journal.framing import encode_payload
 from daemon.journal.keyring import Keyring
+from daemon.journal.scan import read_events
 
 
 def write_conversation(path: Path, name: str, keyring: Keyring, records: int, cwd: str) -> None:

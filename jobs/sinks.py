@@ -1,7 +1,8 @@
 """Where a non-quiet reply goes: stdout, a file, a command, a webhook.
 
-Contract of :class:`Sink` (every implementation, including :class:`MemorySink`, passes
-the same behaviour suite in ``tests/test_jobs_sinks.py``):
+Contract of :class:`Sink` (every implementation, including the test kit's
+:class:`daemon.testing.fakes.MemorySink`, passes the same behaviour suite in
+``tests/test_jobs_sinks.py``):
 
 * ``await sink.send(reply)`` returns once the reply was handed over, and raises
   :class:`SinkError` (with ``sink`` and ``reason``) when it was not, or not provably:
@@ -29,7 +30,6 @@ from typing import Any, Protocol
 __all__ = [
     "CommandSink",
     "FileSink",
-    "MemorySink",
     "Reply",
     "Sink",
     "SinkError",
@@ -226,19 +226,3 @@ class WebhookSink:
             raise SinkError(self.name, f"POST {self.url} failed: {why}") from None
         if not 200 <= status < 300:
             raise SinkError(self.name, f"{self.url} answered HTTP {status}")
-
-
-@dataclass
-class MemorySink:
-    """Keeps replies in a list; fails the first ``fail_first`` sends (tests, demos)."""
-
-    name: str = "memory"
-    fail_first: int = 0
-    received: list[Reply] = field(default_factory=list)
-    attempts: int = 0
-
-    async def send(self, reply: Reply) -> None:
-        self.attempts += 1
-        if self.attempts <= self.fail_first:
-            raise SinkError(self.name, f"failing on purpose (attempt {self.attempts})")
-        self.received.append(reply)

@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bench.fleet_stats import beats_of, percentile, window_stats
+from bench.fleet_stats import (
+    beats_of,
+    best_jain_index,
+    completed_per_job,
+    jain_index,
+    percentile,
+    window_stats,
+)
 
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
@@ -84,3 +91,30 @@ def test_percentiles_interpolate_between_ranks() -> None:
     assert percentile(values, 50) == 50.5
     assert percentile(values, 99) == 99.01
     assert percentile([], 50) is None
+
+
+def test_jain_index_is_one_when_equal_and_one_over_n_when_one_takes_all() -> None:
+    assert jain_index([3, 3, 3, 3]) == 1.0
+    assert jain_index([8, 0, 0, 0]) == 0.25
+    assert jain_index([2, 3, 2, 3]) == 100 / 104
+    assert jain_index([]) is None and jain_index([0, 0]) is None
+
+
+def test_completed_per_job_counts_turns_ended_in_the_window_and_starved_jobs() -> None:
+    beats = {
+        "busy": beats_of(
+            "busy",
+            [*turn(due=1, start=1, delta=2, end=3), *turn(due=5, start=5, delta=6, end=7, turn=2)],
+        ),
+        "late": beats_of("late", turn(due=8, start=9, delta=10, end=12)),
+        "starved": beats_of("starved", [{"type": "beat_skipped", "at": at(4), "reason": "x"}]),
+    }
+    got = completed_per_job(beats, T0 + timedelta(seconds=2), T0 + timedelta(seconds=10))
+    assert got == {"busy": 2, "late": 0, "starved": 0}
+
+
+def test_best_jain_index_is_what_whole_beats_allow() -> None:
+    assert best_jain_index(12, 10) == 0.9
+    assert best_jain_index(40, 10) == 1.0
+    assert best_jain_index(0, 10) is None
+    assert best_jain_index(5, 10) == 0.5

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from daemon.journal.checkpoint import checkpoint_path, read_checkpoint, write_checkpoint
-from daemon.journal.file import read_events
 from daemon.journal.keyring import Keyring
 from daemon.journal.logstore import journal_path
+from daemon.journal.scan import read_events
 from daemon.layout import Layout
 from tests.test_cli_mirror import run
 from tests.test_cli_mirror import setup as setup  # noqa: PLC0414  # the shared fixture

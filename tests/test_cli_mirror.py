@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from daemon.cli import journals as cli_journals
 from daemon.cli import mirror as cli_mirror
 from daemon.cli.main import main
 from daemon.config.load import load_config
@@ -111,7 +112,7 @@ def test_export_warns_on_a_terminal(
 
     config, _ = setup
     screen = Terminal()
-    assert cli_mirror.cmd_export(load_config(config), "digest", screen) == 0
+    assert cli_journals.cmd_export(load_config(config), "digest", screen) == 0
     assert "decrypted conversation text" in capsys.readouterr().err
     assert len(screen.getvalue().splitlines()) == len(sample_streams()["digest"])
 

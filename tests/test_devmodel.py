@@ -168,6 +168,40 @@ def test_input_tokens_grow_with_the_prompt(url: str) -> None:
     assert 900 < long - short < 1100
 
 
+def test_usage_directive_adds_its_tokens_for_every_user_turn_still_sent(url: str) -> None:
+    def tokens(messages: list[Json]) -> int:
+        return int(stream(url, messages)[0]["message"]["usage"]["input_tokens"])
+
+    plain = tokens([user("a"), {"role": "assistant", "content": "ok"}, user("b")])
+    one = tokens([user("a [usage:300000]"), {"role": "assistant", "content": "ok"}, user("b")])
+    two = tokens(
+        [user("a [usage:300000]"), {"role": "assistant", "content": "ok"}, user("b [usage:300000]")]
+    )
+    assert 300000 <= one - plain < 300010
+    assert 600000 <= two - plain < 600020
+
+
+def test_summary_request_gets_a_directive_free_summary_that_counts_through_earlier_ones(
+    url: str,
+) -> None:
+    instructions = (
+        "CRITICAL: ... Your task is to create a detailed summary of the conversation so far"
+    )
+    first = [user("beat 1 [usage:20000]"), {"role": "assistant", "content": "ok"}]
+    first += [user("beat 2 [usage:20000]"), {"role": "assistant", "content": "ok"}]
+    summary = text_of(stream(url, [*first, user(instructions)]))
+    assert (
+        summary
+        == '<summary>dev-model summary of 2 user turns; first: "beat 1"; last: "beat 2"</summary>'
+    )
+    continued = "This session is being continued...\nSummary:\n" + summary[9:-10]
+    second = [user(continued), {"role": "assistant", "content": "ok"}, user("beat 3 [usage:20000]")]
+    second += [{"role": "assistant", "content": "ok"}, user(instructions)]
+    assert text_of(stream(url, second)) == (
+        '<summary>dev-model summary of 3 user turns; first: "beat 1"; last: "beat 3"</summary>'
+    )
+
+
 def test_non_streaming_request_gets_one_json_message(url: str) -> None:
     status, body = create(url, [user("plain please")])
     assert status == 200

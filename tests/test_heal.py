@@ -7,8 +7,9 @@ from pathlib import Path
 from daemon import events
 from daemon.events import Event
 from daemon.events.heal import fold
-from daemon.journal.file import FsyncPolicy, Journal, read_events
+from daemon.journal.file import FsyncPolicy, Journal
 from daemon.journal.keyring import Keyring
+from daemon.journal.scan import read_events
 
 T0, T1, T2 = "2026-11-21T13:00:00.000Z", "2026-11-21T13:00:05.000Z", "2026-11-21T13:00:09.000Z"
 

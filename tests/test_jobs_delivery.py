@@ -10,9 +10,10 @@ import pytest
 
 from daemon import events
 from daemon.events.heal import fold
+from daemon.testing.fakes import MemorySink
 from jobs.delivery import DeliveryKey, Route, deliver, settle_open
 from jobs.ledger import JobLedger
-from jobs.sinks import MemorySink, Reply
+from jobs.sinks import Reply
 
 REPLY = Reply("inbox", 7, "Two urgent mails.", "2026-05-04T10:00:00.000Z", "s-1")
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from daemon.testing.fakes import MemorySink
 from jobs.sinks import (
     CommandSink,
     FileSink,
-    MemorySink,
     Reply,
     Sink,
     SinkError,

@@ -23,9 +23,10 @@ from daemon.errors import (
     VigilError,
     WrongKeyError,
 )
-from daemon.journal.file import FsyncPolicy, Journal, read_events, scan
+from daemon.journal.file import FsyncPolicy, Journal
 from daemon.journal.framing import Frame, decode_payload
 from daemon.journal.keyring import KeyEntry, Keyring, generate_key_file, rotate_key_file
+from daemon.journal.scan import read_events, scan
 
 STREAM = "inbox"
 RING = Keyring.generate()

@@ -14,10 +14,12 @@ import pytest
 from daemon import events as ev
 from daemon.journal import bulk as journal_bulk
 from daemon.journal.bulk import NotPlain, read_payloads
-from daemon.journal.file import FsyncPolicy, Journal, scan
+from daemon.journal.file import FsyncPolicy, Journal
 from daemon.journal.framing import decode_payload
 from daemon.journal.keyring import KeyEntry, Keyring
-from daemon.mirror.db import DumpRow, Mirror
+from daemon.journal.scan import scan
+from daemon.mirror.db import Mirror
+from daemon.mirror.queries import DumpRow
 from daemon.mirror.rebuild import journal_feed
 from daemon.mirror.rows import fold_journal
 

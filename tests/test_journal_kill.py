@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from daemon.journal.file import Journal, scan
+from daemon.journal.file import Journal
 from daemon.journal.framing import Frame, decode_payload
 from daemon.journal.keyring import Keyring, generate_key_file
+from daemon.journal.scan import scan
 from tests.journal_writer_child import STREAM_ID, payload_for
 
 CHILD = Path(__file__).with_name("journal_writer_child.py")

@@ -82,6 +82,9 @@ def test_counts_cost_steps_lag_and_duration_come_from_the_events() -> None:
         events.session_bound("s1", "/w", mode="resume"),  # a new CLI: the total restarts
         events.turn_started(4, "p", job="j", trigger="manual"),
         result(4, 0.25),
+        events.compacted(
+            4, trigger="auto", pre_tokens=120_000, post_tokens=9_000, preserved=3, boundary_uuid="b"
+        ),
         events.turn_completed(4, quiet=True),
     ]
     for seq, event in enumerate(feed, start=1):
@@ -95,6 +98,7 @@ def test_counts_cost_steps_lag_and_duration_come_from_the_events() -> None:
     assert got['vigil_cost_usd_total{heartbeat="j"}'] == 0.5 + 0.25 + 0.25
     assert got['vigil_tokens_total{heartbeat="j",type="output"}'] == 21
     assert got['vigil_context_tokens{heartbeat="j"}'] == 150
+    assert got['vigil_compactions_total{heartbeat="j"}'] == 1
     assert got['vigil_schedule_lag_seconds_sum{heartbeat="j"}'] == 2.5  # due -> first delta
     assert got['vigil_schedule_lag_seconds_count{heartbeat="j"}'] == 1
     assert got['vigil_beat_duration_seconds_sum{heartbeat="j"}'] >= 3.0

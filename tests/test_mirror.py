@@ -26,8 +26,9 @@ from daemon.events.heal import fold
 from daemon.journal.file import FsyncPolicy, Journal
 from daemon.journal.keyring import Keyring
 from daemon.journal.logstore import journal_path
-from daemon.mirror.db import Mirror, MirrorError, events_feed
-from daemon.mirror.rebuild import RebuildProgress, rebuild
+from daemon.mirror.database import MirrorError
+from daemon.mirror.db import Mirror
+from daemon.mirror.rebuild import RebuildProgress, events_feed, rebuild
 from daemon.mirror.workers import Job, RebuildWorkerError, WorkerPool
 from daemon.ops.verify import check_index
 from jobs.budget import local_day_bounds
@@ -51,9 +52,22 @@ def turn_events(
     end: str = "completed",
     deliveries: tuple[str, ...] | list[str] = (),
     at: str = AT,
+    compactions: int = 0,
 ) -> list[Event]:
     """One turn as the daemon journals it; ``end`` "open" leaves it unfinished."""
     out = [ev.turn_started(turn, prompt, job="job", trigger="schedule", at=at)]
+    for i in range(compactions):
+        out.append(
+            ev.compacted(
+                turn,
+                trigger="auto",
+                pre_tokens=100_000 + i,
+                post_tokens=2_000 + i,
+                preserved=2,
+                boundary_uuid=f"b-{turn}-{i}",
+                at=at,
+            )
+        )
     out += [ev.delta(turn, d, at=at) for d in deltas]
     out.append(ev.assistant(turn, "".join(deltas), uuid=f"u-{turn}", model="m", at=at))
     for i in range(tools):
@@ -73,6 +87,7 @@ def turn_events(
                 usage={"input_tokens": 100 + turn, "output_tokens": 7},
                 duration_ms=5,
                 num_turns=1,
+                context_tokens=90 + turn if turn % 2 else None,
                 at=at,
             )
         )
@@ -563,6 +578,7 @@ def rich_streams(seed: int, conversations: int) -> dict[str, list[Event]]:
                 cost_total=total if rng.random() < 0.8 else None,
                 end=rng.choice(["completed", "quiet", "failed", "interrupted"]),
                 deliveries=rng.sample(["mail", "hook"], rng.randint(0, 2)),
+                compactions=rng.choice([0, 0, 0, 1, 2]),
             )
             if rng.random() < 0.3:
                 events += rng.choice(JUNK)(t)

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from daemon.agent.pool import ClientPool, LeaseTimeout
+from daemon.testing.fakes import FakeClock
 
 
 class FakeClient:
@@ -26,23 +27,15 @@ class FakeClient:
         self.disconnects += 1
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_full_pool_evicts_least_recently_used_idle_client() -> None:
     async def scenario() -> None:
-        clock = Clock()
+        clock = FakeClock()
         pool = ClientPool(max_live=2, max_turns=2, idle_timeout=60, clock=clock)
         a, b, c = FakeClient(), FakeClient(), FakeClient()
         for key, client in (("a", a), ("b", b)):
             async with pool.lease(key, client, wait_s=1):
                 client.connect()
-            clock.now += 1
+            clock.advance(1)
         async with pool.lease("a", a, wait_s=1):  # a is now the most recently used
             pass
         async with pool.lease("c", c, wait_s=1):
@@ -82,15 +75,15 @@ def test_busy_clients_are_never_evicted_and_turns_wait_for_a_slot() -> None:
 
 def test_idle_clients_are_reaped_after_the_timeout_only() -> None:
     async def scenario() -> None:
-        clock = Clock()
+        clock = FakeClock()
         pool = ClientPool(max_live=4, max_turns=2, idle_timeout=30, clock=clock)
         a, b = FakeClient(), FakeClient()
         async with pool.lease("a", a, wait_s=1):
             a.connect()
-        clock.now = 20
+        clock.advance(20)
         async with pool.lease("b", b, wait_s=1):
             b.connect()
-        clock.now = 35
+        clock.advance(15)
         assert await pool.reap_idle() == ["a"]
         assert not a.connected and b.connected
 
@@ -157,5 +150,98 @@ def test_two_leases_making_room_at_once_do_not_overfill_the_pool() -> None:
         await asyncio.gather(turn("c", c), turn("d", d))
         assert (a.connected, b.connected, c.connected, d.connected) == (False, False, True, True)
         assert pool.live == 2 and pool.evictions == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_freed_slot_goes_to_the_oldest_due_beat_not_the_live_client() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        pool = ClientPool(max_live=3, max_turns=1, idle_timeout=60, clock=clock)
+        hog, cold, warm = FakeClient(), FakeClient(), FakeClient()
+        warm.connect()  # holds a live client: still served after the older cold beat
+        release = asyncio.Event()
+        order: list[str] = []
+
+        async def turn(key: str, client: FakeClient, due: float) -> None:
+            async with pool.lease(key, client, wait_s=5, due=due):
+                order.append(key)
+                if key == "hog":
+                    await release.wait()
+
+        t0 = clock.monotonic()
+        hog_turn = asyncio.create_task(turn("hog", hog, t0))
+        await asyncio.sleep(0)
+        waiting = [
+            asyncio.create_task(turn("warm", warm, t0 + 2)),
+            asyncio.create_task(turn("cold", cold, t0 + 1)),
+        ]
+        await asyncio.sleep(0.01)
+        assert pool.waiting == 2
+        release.set()
+        await asyncio.gather(hog_turn, *waiting)
+        assert order == ["hog", "cold", "warm"]
+
+    asyncio.run(scenario())
+
+
+def test_a_beat_that_timed_out_is_served_first_next_time() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        pool = ClientPool(max_live=3, max_turns=1, idle_timeout=60, clock=clock)
+        hog, starved, rival = FakeClient(), FakeClient(), FakeClient()
+        release = asyncio.Event()
+        order: list[str] = []
+
+        async def turn(key: str, client: FakeClient, due: float, wait_s: float = 5) -> None:
+            async with pool.lease(key, client, wait_s=wait_s, due=due):
+                order.append(key)
+                if key == "hog":
+                    await release.wait()
+
+        t0 = clock.monotonic()
+        hog_turn = asyncio.create_task(turn("hog", hog, t0))
+        await asyncio.sleep(0)
+        with pytest.raises(LeaseTimeout):
+            await turn("starved", starved, t0 + 1, wait_s=0.02)  # skipped: no_capacity
+        rival_turn = asyncio.create_task(turn("rival", rival, t0 + 2))
+        await asyncio.sleep(0)
+        starved_turn = asyncio.create_task(turn("starved", starved, t0 + 3))
+        await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(hog_turn, rival_turn, starved_turn)
+        assert order == ["hog", "starved", "rival"]  # starved kept its place (t0 + 1)
+
+    asyncio.run(scenario())
+
+
+def test_a_beat_cancelled_while_waiting_leaves_the_queue_and_no_slot_is_lost() -> None:
+    async def scenario() -> None:
+        pool = ClientPool(max_live=2, max_turns=1, idle_timeout=60)
+        a, b, c = FakeClient(), FakeClient(), FakeClient()
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with pool.lease("a", a, wait_s=1):
+                await release.wait()
+
+        holder = asyncio.create_task(hold())
+        await asyncio.sleep(0)
+
+        async def wait_b() -> None:
+            async with pool.lease("b", b, wait_s=5):
+                pass
+
+        waiter = asyncio.create_task(wait_b())
+        await asyncio.sleep(0.01)
+        release.set()  # the slot is promised to b ...
+        await asyncio.sleep(0)
+        waiter.cancel()  # ... which is cancelled before it runs: the slot comes back
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await holder
+        assert pool.waiting == 0
+        async with pool.lease("c", c, wait_s=0.05):
+            assert pool.busy == 1
 
     asyncio.run(scenario())

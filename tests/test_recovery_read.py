@@ -14,7 +14,7 @@ from daemon.journal.conversation import Conversation
 from daemon.journal.file import FsyncPolicy, Journal
 from daemon.journal.keyring import Keyring
 from daemon.journal.logstore import FileEventLogStore
-from daemon.runtime.recovery_read import fold_all
+from daemon.journal.recovery_read import fold_all
 from jobs.ledger import JobLedger
 
 RING = Keyring.generate()

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from daemon.errors import StateLockedError, WrongKeyError
-from daemon.journal.file import FsyncPolicy, Journal, read_events, scan
+from daemon.journal.file import FsyncPolicy, Journal
 from daemon.journal.framing import Frame, decode_payload
 from daemon.journal.keyring import Keyring, generate_key_file
 from daemon.journal.lock import StateLock
+from daemon.journal.scan import read_events, scan
 from daemon.layout import Layout
 from daemon.ops.reencrypt import TMP_SUFFIX, journals, reencrypt_all, rotate_and_reencrypt
 

@@ -11,9 +11,9 @@ from claude_agent_sdk.testing.session_store_conformance import _has_optional
 from claude_agent_sdk.types import SessionKey, SessionStoreEntry
 
 from daemon.agent.store import JournalSessionStore
-from daemon.journal.file import scan
 from daemon.journal.framing import decode_payload
 from daemon.journal.keyring import Keyring
+from daemon.journal.scan import scan
 
 OPTIONAL = ("list_sessions", "list_session_summaries", "delete", "list_subkeys")
 

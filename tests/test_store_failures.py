@@ -13,8 +13,9 @@ from claude_agent_sdk.types import SessionKey, SessionStoreEntry
 
 from daemon.agent.store import JournalSessionStore
 from daemon.errors import JournalFatalError, JournalWriteError
-from daemon.journal.file import FsyncPolicy, scan
+from daemon.journal.file import FsyncPolicy
 from daemon.journal.keyring import Keyring
+from daemon.journal.scan import scan
 
 
 def _entry(uuid: str, n: int) -> SessionStoreEntry:

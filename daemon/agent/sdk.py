@@ -113,12 +113,20 @@ def project_key(cwd: Path | str) -> str:
     return project_key_for_directory(str(cwd))
 
 
-def translate(message: object, turn: int) -> list[Event]:
-    """vigil events for one SDK message (pure; unknown messages yield nothing)."""
+def translate(  # noqa: PLR0911  # one return per SDK message type reads best
+    message: object, turn: int, *, context_tokens: int | None = None
+) -> list[Event]:
+    """vigil events for one SDK message (pure; unknown messages yield nothing).
+
+    ``context_tokens`` goes on the result (see :func:`context_tokens_of`). The user
+    message carrying a compaction's summary (text blocks, after the boundary) yields
+    nothing: it is the CLI's, not a prompt, and stays in the transcript.
+    """
     from claude_agent_sdk import (  # noqa: PLC0415
         AssistantMessage,
         ResultMessage,
         StreamEvent,
+        SystemMessage,
         TextBlock,
         ToolResultBlock,
         ToolUseBlock,
@@ -158,9 +166,55 @@ def translate(message: object, turn: int) -> list[Event]:
                 usage=message.usage,
                 duration_ms=message.duration_ms,
                 num_turns=message.num_turns,
+                context_tokens=context_tokens,
             )
         ]
+    if isinstance(message, SystemMessage) and message.subtype == "compact_boundary":
+        return [_compacted(turn, message.data)]
     return []
+
+
+def _compacted(turn: int, data: dict[str, Any]) -> Event:
+    """The ``compacted`` event for a ``compact_boundary`` message's data (tolerant: a
+    field the CLI leaves out is None)."""
+    meta = data.get("compact_metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    kept = meta.get("preserved_messages")
+    uuids = kept.get("uuids") if isinstance(kept, dict) else None
+    return ev.compacted(
+        turn,
+        trigger=str(meta.get("trigger") or "auto"),
+        pre_tokens=_int(meta.get("pre_tokens")),
+        post_tokens=_int(meta.get("post_tokens")),
+        preserved=len(uuids) if isinstance(uuids, list) else 0,
+        boundary_uuid=data.get("uuid") if isinstance(data.get("uuid"), str) else None,
+        dropped_tokens=_int(meta.get("cumulative_dropped_tokens")),
+        duration_ms=_int(meta.get("duration_ms")),
+    )
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+USAGE_CONTEXT_KEYS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+
+
+def context_tokens_of(message: object) -> int | None:
+    """What the model received in the request a top-level assistant message answers
+    (input + cache read + cache write tokens), or None. A subagent's messages (with a
+    ``parent_tool_use_id``) are another context and say nothing about this one."""
+    from claude_agent_sdk import AssistantMessage  # noqa: PLC0415
+
+    if not isinstance(message, AssistantMessage) or message.parent_tool_use_id:
+        return None
+    usage = message.usage
+    if not isinstance(usage, dict):
+        return None
+    counts = [_int(usage.get(key)) for key in USAGE_CONTEXT_KEYS]
+    if counts[0] is None:
+        return None
+    return sum(n or 0 for n in counts)
 
 
 class AgentSession:
@@ -201,6 +255,8 @@ class AgentSession:
         from claude_agent_sdk import ClaudeSDKClient  # noqa: PLC0415
 
         options = self._options(plan)
+        if plan.resume and plan.resume_at:
+            self.store.load_whole_next(plan.session_id)  # the cut may lie before a compaction
         client = ClaudeSDKClient(options)
         try:
             await client.connect()
@@ -224,9 +280,11 @@ class AgentSession:
         outcome: TurnOutcome | None = None
         try:
             await client.query(_prompt_stream(prompt, prompt_uuid))
+            context: int | None = None  # of the turn's last model request
             async for message in client.receive_response():
                 self._raise_store_failure()
-                for event in translate(message, turn):
+                context = context_tokens_of(message) or context
+                for event in translate(message, turn, context_tokens=context):
                     emit(event)
                 if isinstance(message, ResultMessage):
                     self.session_id = message.session_id

@@ -17,6 +17,15 @@ deep-equal and in append order; appends are idempotent on an entry's ``uuid``;
 Each ``append`` is flushed to the kernel before it returns and, unless fsync is
 ``never``, to disk (the SDK batches once per turn, so this is one fsync a turn).
 
+**Resume view** (``resume_view=True``, the daemon's store): ``load`` of a main transcript
+that holds a compaction returns what a resume needs, not every entry: everything from
+the last compact boundary on, plus the few earlier entries the CLI still reads
+(:mod:`daemon.agent.resume_view`), read through a per-stream index of where they lie
+(:mod:`daemon.agent.resume_index`), so a resume costs what the last compaction left,
+not the whole history. The stored file keeps everything: ``vigil fork`` and
+``vigil export`` read it all (their stores leave the view off), and so does a resume
+cut at an earlier entry (:meth:`JournalSessionStore.load_whole_next`).
+
 Other processes may add streams while this store is in use (``vigil fork`` writes a
 forked session's transcript while the daemon runs): a key this store has not seen is
 looked up on disk before it is created, and ``has_session`` and the listings look for
@@ -29,15 +38,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from daemon.agent.resume_index import INDEX_SUFFIX, ViewIndex, load_view, remove_index
 from daemon.errors import JournalFatalError, JournalWriteError
 from daemon.fsutil import ensure_private_dir, fsync_dir
-from daemon.journal.file import JOURNAL_SUFFIX, FsyncPolicy, Journal, scan
+from daemon.journal.file import JOURNAL_SUFFIX, FsyncPolicy, Journal
 from daemon.journal.framing import decode_payload, encode_payload, open_line
 from daemon.journal.keyring import Keyring
+from daemon.journal.scan import scan
 
 if TYPE_CHECKING:  # the SDK is imported where it is used (about a second; see agent.py)
     from claude_agent_sdk.types import (
@@ -70,17 +82,32 @@ class _Stream:
     loaded: bool = False  # uuids/summary below are known
     uuids: set[str] = field(default_factory=set)
     summary: SessionSummaryEntry | None = None
+    view: ViewIndex | None = None  # where its resume view lies (main streams)
+
+    @property
+    def index_path(self) -> Path:
+        return self.path.with_suffix(INDEX_SUFFIX)
 
 
 class JournalSessionStore:
     """An encrypted, append-only ``SessionStore`` (see the module docstring)."""
 
     def __init__(
-        self, directory: Path, keyring: Keyring, *, fsync: FsyncPolicy = FsyncPolicy.TURN
+        self,
+        directory: Path,
+        keyring: Keyring,
+        *,
+        fsync: FsyncPolicy = FsyncPolicy.TURN,
+        resume_view: bool = False,
     ) -> None:
         self.directory = ensure_private_dir(directory)
         self.keyring = keyring
         self.fsync = fsync
+        # ``load`` of a main transcript gives what a resume needs (see the module doc);
+        # off for fork and export, which read everything.
+        self.resume_view = resume_view
+        self._whole_next: set[str] = set()
+        self.loads: Counter[str] = Counter()  # "view", "view_indexed", "whole"
         self._streams: dict[str, _Stream] | None = None
         self._failures: dict[str, JournalWriteError | JournalFatalError] = {}
         self._dead: JournalFatalError | None = None
@@ -131,6 +158,11 @@ class JournalSessionStore:
         stream = self._stream_for(_key_tuple(key), create=False)
         if stream is None:
             return None
+        if self.resume_view and stream.key[2] is None:
+            if key["session_id"] not in self._whole_next:
+                return self._load_view(stream)
+            self._whole_next.discard(key["session_id"])
+        self.loads["whole"] += 1
         out: list[SessionStoreEntry] = []
         seen: set[str] = set()
         for record in self._records(stream):
@@ -179,6 +211,7 @@ class JournalSessionStore:
         for d in doomed:
             with contextlib.suppress(FileNotFoundError):
                 streams[d].path.unlink()
+            remove_index(streams[d].index_path)
             del streams[d]
         if doomed:
             fsync_dir(self.directory)
@@ -192,6 +225,12 @@ class JournalSessionStore:
         )
 
     # --- vigil's own queries ---------------------------------------------------------------
+
+    def load_whole_next(self, session_id: str) -> None:
+        """The next ``load`` of ``session_id`` returns every entry, not the resume view:
+        a resume cut at an earlier entry (``resume_session_at``) may cut before the last
+        compaction, and then the model sees the uncompacted history again."""
+        self._whole_next.add(session_id)
 
     def take_failure(self, session_id: str) -> JournalWriteError | JournalFatalError | None:
         """The first append for ``session_id`` that failed since the last call, if any.
@@ -309,6 +348,20 @@ class JournalSessionStore:
         )
         stream.last_seq, stream.size = result.last_seq, result.good_end
         return records
+
+    def _load_view(self, stream: _Stream) -> list[SessionStoreEntry]:
+        """What a resume needs (``resume_index.load_view``), its index kept up to date."""
+        index = stream.view or ViewIndex.read(stream.index_path)
+        got = load_view(stream.path, stream.stream_id, self.keyring, index)
+        stream.last_seq, stream.size = got.last_seq, got.good_end
+        if got.index != index:
+            if got.index is None:
+                remove_index(stream.index_path)
+            else:
+                got.index.write(stream.index_path)
+        stream.view = got.index
+        self.loads["whole" if got.index is None else "view" if got.full else "view_indexed"] += 1
+        return got.entries  # type: ignore[return-value]  # entries are opaque SDK dicts
 
     def _ensure_loaded(self, stream: _Stream) -> None:
         if stream.loaded:

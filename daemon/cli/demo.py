@@ -10,23 +10,18 @@ the prompts shown are the jobs' real prompts.
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from daemon.config.load import load_config
-from daemon.journal.keyring import Keyring, generate_key_file
 from daemon.ops.history import load_history
+from daemon.testing.harness import DaemonExitedError, HarnessError, Job, LoopbackModel, Site
 from jobs.prompt import QUEUED_HEADER
 
 JOBS = {
@@ -74,42 +69,31 @@ class Out:
 
 
 class Daemon:
-    def __init__(self, config: Path, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli.main", "run", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        self.lines: queue.Queue[Line | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+    """A ``vigil run`` started by the harness; :meth:`follow` shows its log as it comes."""
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None  # noqa: S101  # Popen with PIPE
-        for raw in self.proc.stdout:
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                obj = {"event": "stderr", "text": raw.rstrip()}
-            self.lines.put(obj if isinstance(obj, dict) else {"event": "stderr", "text": raw})
-        self.lines.put(None)
+    def __init__(self, site: Site) -> None:
+        self.run = site.start(ready=False)
+        self.proc = self.run.proc
+        self.shown = 0  # log lines shown so far
 
     def follow(self, out: Out, until: Callable[[Line], bool], timeout: float) -> Line:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("the demo did not see what it waited for in time")
-            try:
-                line = self.lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise RuntimeError(f"the daemon exited unexpectedly ({self.proc.wait()})")
+        def step(line: Line) -> bool:
             show(out, line)
-            if until(line):
-                return line
+            return until(line)
+
+        try:
+            index = self.run.find(step, timeout, start=self.shown)
+        except DaemonExitedError as exc:
+            raise RuntimeError(f"the daemon exited unexpectedly ({exc.returncode})") from None
+        except HarnessError:
+            raise TimeoutError("the demo did not see what it waited for in time") from None
+        self.shown = index + 1
+        return self.run.lines[index]
+
+    def show_rest(self, out: Out) -> None:
+        for line in self.run.lines[self.shown :]:
+            show(out, line)
+        self.shown = len(self.run.lines)
 
 
 def show(out: Out, line: Line) -> None:  # noqa: PLR0912  # one branch per log event
@@ -143,87 +127,40 @@ def show(out: Out, line: Line) -> None:  # noqa: PLR0912  # one branch per log e
         out.say("  daemon READY: journals recovered")
     elif event in ("job_paused", "job_resumed", "message_queued"):
         out.say(f"  [{job}] {event.replace('_', ' ')} (journaled)")
-    elif event == "stderr":
-        out.say(f"  ! {line.get('text')}")
+    elif event == "<not json>":
+        out.say(f"  ! {str(line.get('raw')).rstrip()}")
 
 
-def start_model(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daemon.testing.devmodel",
-            "--port",
-            "0",
-            "--slow-ms",
-            str(MODEL_SLOW_MS),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None  # noqa: S101  # Popen with PIPE
-    first = proc.stdout.readline().strip()
-    if "listening on " not in first:
-        proc.kill()
-        raise RuntimeError(f"the loopback model did not start: {first}")
-    return proc, first.split("listening on ", 1)[1]
-
-
-def write_config(root: Path) -> Path:
-    (root / "agents").mkdir()
-    lines = [
-        "[daemon]",
-        'state_dir = "state"',
-        'runtime_dir = "run"',
-        'key_file = "vigil.key"',
-        'turn_timeout = "30s"',
-        'drain_grace = "3s"',
-        "",
-    ]
-    for name, (every, prompt) in JOBS.items():
-        lines += [
-            "[[heartbeat]]",
-            f'name = "{name}"',
-            f'every = "{every}"',
-            f'prompt = "{prompt}"',
-            'cwd = "agents"',
-            "",
-        ]
-    path = root / "vigil.toml"
-    path.write_text("\n".join(lines))
-    return path
+def write_config(site: Site) -> Path:
+    jobs = [Job(name, prompt, every, cwd="agents") for name, (every, prompt) in JOBS.items()]
+    return site.write_config(jobs, turn_timeout="30s", drain_grace="3s")
 
 
 def run_demo(*, keep: bool = False, stream: IO[str] | None = None) -> int:
     out = Out(stream or sys.stdout)
     root = Path(tempfile.mkdtemp(prefix="vigil-demo-"))
     os.chmod(root, 0o700)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    model, base_url = start_model(env)
-    env.update({"ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": "sk-vigil-demo-loopback"})
-    daemons: list[Daemon] = []
+    model = LoopbackModel(slow_ms=MODEL_SLOW_MS)
     try:
-        config_path = write_config(root)
-        generate_key_file(root / "vigil.key")
-        out.say(f"vigil demo: loopback model at {base_url}; state in {root}")
-        out.say(
-            "Two heartbeat jobs, 'inbox' every 2s and 'digest' every 3s, one conversation each."
-        )
-        out.say("The loopback model replies with how many user turns it was sent, and the first.\n")
-        _first_run(out, config_path, env, daemons)
-        _show_journal(out, root, config_path)
-        _second_run(out, config_path, env, daemons)
-        _show_memory(out, root, config_path)
-        return 0
+        site = Site(root, model, api_key="sk-vigil-demo-loopback")
+        try:
+            write_config(site)
+            out.say(f"vigil demo: loopback model at {model.url}; state in {root}")
+            out.say(
+                "Two heartbeat jobs, 'inbox' every 2s and 'digest' every 3s, one conversation each."
+            )
+            out.say(
+                "The loopback model replies with how many user turns it was sent, and the first.\n"
+            )
+            _first_run(out, site)
+            _show_journal(out, site)
+            _second_run(out, site)
+            _show_memory(out, site)
+            return 0
+        finally:
+            site.close(keep_logs=keep)
     finally:
-        for daemon in daemons:
-            if daemon.proc.poll() is None:
-                daemon.proc.kill()
-                daemon.proc.wait()
-        model.terminate()
-        model.wait(timeout=10)
+        model.stop()
         if keep:
             out.say(f"kept {root}")
         else:
@@ -241,46 +178,38 @@ def _completed_twice(times: int = 2) -> Callable[[Line], bool]:
     return check
 
 
-def _first_run(out: Out, config_path: Path, env: dict[str, str], daemons: list[Daemon]) -> None:
+def _first_run(out: Out, site: Site) -> None:
     out.say("1. First run: beats stream; every event is journaled, encrypted, before it shows.")
-    daemon = Daemon(config_path, env)
-    daemons.append(daemon)
+    daemon = Daemon(site)
     daemon.follow(out, _completed_twice(), PHASE_TIMEOUT_S)
     victim = daemon.follow(
         out,
         lambda ln: ln.get("event") == "delta" and ln.get("job") == LIVE_JOB,
         PHASE_TIMEOUT_S,
     )
-    daemon.proc.send_signal(signal.SIGKILL)
-    daemon.proc.wait()
+    daemon.run.kill()
     out.say(
         f"\n2. SIGKILL: the daemon died in the middle of {victim.get('job')}'s turn "
         f"{victim.get('turn')}. What the journals hold now:"
     )
 
 
-def _show_journal(out: Out, root: Path, config_path: Path) -> None:
-    config = load_config(config_path)
-    keyring = Keyring.load(root / "vigil.key")
+def _show_journal(out: Out, site: Site) -> None:
+    config = load_config(site.config_path)
     for name in JOBS:
-        turns = load_history(config, keyring, name)
+        turns = load_history(config, site.keyring, name)
         last = turns[-1]
         out.say(f"  [{name}] {len(turns)} turns; the last, turn {last.turn}, is {last.status}:")
         out.say(f"           {last.reply!r}")
 
 
-def _second_run(out: Out, config_path: Path, env: dict[str, str], daemons: list[Daemon]) -> None:
+def _second_run(out: Out, site: Site) -> None:
     out.say("\n3. Restart: vigil heals the half turn, resumes each session and carries on.")
-    daemon = Daemon(config_path, env)
-    daemons.append(daemon)
+    daemon = Daemon(site)
     daemon.follow(out, _completed_twice(1), PHASE_TIMEOUT_S)
-    _operator(out, daemon, config_path, env)
-    daemon.proc.send_signal(signal.SIGTERM)
-    code = daemon.proc.wait(timeout=30)
-    while not daemon.lines.empty():
-        line = daemon.lines.get()
-        if line is not None:
-            show(out, line)
+    _operator(out, daemon, site.config_path, site.env())
+    code = daemon.run.terminate(timeout=30)
+    daemon.show_rest(out)
     out.say(f"  SIGTERM: the daemon drained and exited with status {code}")
 
 
@@ -335,12 +264,11 @@ def _vigil(
         raise RuntimeError(f"vigil {shown} exited with status {proc.returncode}")
 
 
-def _show_memory(out: Out, root: Path, config_path: Path) -> None:
+def _show_memory(out: Out, site: Site) -> None:
     out.say("\n5. Memory, from the journals:")
-    config = load_config(config_path)
-    keyring = Keyring.load(root / "vigil.key")
+    config = load_config(site.config_path)
     for name in JOBS:
-        turns = load_history(config, keyring, name)
+        turns = load_history(config, site.keyring, name)
         completed = [t for t in turns if t.status == "completed"]
         interrupted = sum(t.status == "interrupted" for t in turns)
         out.say(

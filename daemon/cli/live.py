@@ -19,12 +19,12 @@ from daemon.config.load import default_config_path, load_config
 from daemon.config.model import Config
 from daemon.errors import VigilError
 from daemon.events import Event
-from daemon.journal.file import scan
 from daemon.journal.framing import FrameError, decode_payload, open_line
 from daemon.journal.keyring import Keyring, resolve_key_path
 from daemon.journal.logstore import conversation_names
+from daemon.journal.scan import scan
 from daemon.layout import Layout
-from daemon.ops.history import existing_journal
+from daemon.ops.history import existing_journal, tokens_short
 from daemon.runtime.control import SOCKET_NAME, DaemonNotRunning, call
 
 COMMANDS = frozenset({"status", "beat", "tail"})
@@ -135,6 +135,8 @@ def cmd_status(config: Config, layout: Layout, *, as_json: bool) -> int:
         f"{pool.get('max_concurrent_turns', '?')}, {pool.get('beats_waiting', 0)} waiting; "
         f"evictions: {pool.get('evictions', 0)}"
     )
+    if "overload" in status:
+        print(_load_line(status["overload"]))
     print(f"mirror: {status.get('mirror', '?')}")
     for job in status["jobs"]:
         last = job["last_outcome"] or "-"
@@ -150,7 +152,37 @@ def cmd_status(config: Config, layout: Layout, *, as_json: bool) -> int:
         if job.get("queued_messages"):
             line += f"  {job['queued_messages']} queued"
         print(line)
+        if job.get("context_tokens") is not None or job.get("compactions"):
+            print(f"  {'':20} {_context_line(job)}")
     return 0
+
+
+def _context_line(job: dict[str, Any]) -> str:
+    """``context 62.8k of 100k tokens; 3 compactions`` for one job of ``status``."""
+    context = job.get("context_tokens")
+    line = f"context {tokens_short(context if isinstance(context, int) else None)}"
+    limit = job.get("context_limit")
+    if isinstance(limit, int):
+        line += f" of {tokens_short(limit)}"
+    return f"{line} tokens; {job.get('compactions') or 0} compactions"
+
+
+def _load_line(overload: dict[str, Any]) -> str:
+    """The turn-slot queue in one line: backlog, oldest waiting beat, offered vs served."""
+    oldest = overload.get("oldest_waiting")
+    waiting = f"{overload.get('backlog', 0)} beats waiting"
+    if oldest:
+        waiting += f", oldest {oldest['job']} for {oldest['waited_s']:.1f}s"
+    rates = (
+        f"offered {overload.get('offered_per_min', 0):.1f}/min, "
+        f"served {overload.get('served_per_min', 0):.1f}/min "
+        f"(last {overload.get('window_s', 0):.0f}s)"
+    )
+    verdict = "keeping up"
+    if overload.get("over_capacity"):
+        skips = overload.get("no_capacity_skips", 0)
+        verdict = f"over capacity: {skips} beats skipped no_capacity"
+    return f"load: {waiting}; {rates}; {verdict}"
 
 
 def cmd_beat(layout: Layout, name: str, *, as_json: bool) -> int:
@@ -243,6 +275,15 @@ def _print_event(seq: int, event: Event, *, as_json: bool) -> None:
         detail = str(event.get("reason"))
     elif kind == "result":
         detail = f"cost so far ${event.get('session_cost_usd') or 0:.4f}"
+        if isinstance(event.get("context_tokens"), int):
+            detail += f", context {tokens_short(event['context_tokens'])} tokens"
+    elif kind == "compacted":
+        pre, post = event.get("pre_tokens"), event.get("post_tokens")
+        detail = (
+            f"{tokens_short(pre if isinstance(pre, int) else None)} → "
+            f"{tokens_short(post if isinstance(post, int) else None)} tokens "
+            f"({event.get('trigger')}, {event.get('preserved', 0)} messages kept verbatim)"
+        )
     elif kind == "session_bound":
         detail = f"session {event.get('session_id')} ({event.get('mode')})"
     elif kind == "forked":

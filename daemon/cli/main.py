@@ -13,7 +13,7 @@ from pathlib import Path
 from daemon.cli import live as cli_live
 from daemon.cli import mirror as cli_mirror
 from daemon.cli import operate as cli_operate
-from daemon.cli.mirror import check_owner
+from daemon.cli.site import check_owner
 from daemon.config.fields import JOB_NAME_PATTERN
 from daemon.config.load import default_config_path, load_config
 from daemon.config.model import Config

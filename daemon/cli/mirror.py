@@ -1,8 +1,9 @@
 """The operator's commands over the journals and the derived mirror.
 
 ``rebuild``, ``verify``, ``search``, ``sessions``, ``export`` and ``key rotate
---reencrypt``. ``daemon.cli.main`` builds the parser with :func:`add_commands`, dispatches
-here with :func:`run` and maps every raised ``VigilError`` to its exit code; these
+--reencrypt`` (the last two, over the journals alone, live in :mod:`daemon.cli.journals`).
+``daemon.cli.main`` builds the parser with :func:`add_commands`, dispatches here with
+:func:`run` and maps every raised ``VigilError`` to its exit code; these
 functions return 0, or :data:`VERIFY_FAILED` when ``verify`` found a problem.
 Output: ``--json`` for scripts, rich tables and progress bars on a terminal, plain
 tab-separated lines otherwise.
@@ -11,33 +12,28 @@ tab-separated lines otherwise.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import pwd
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from daemon.cli.journals import cmd_export, cmd_reencrypt
+from daemon.cli.site import check_owner, keyring_of, layout_of, print_json
 from daemon.config.load import default_config_path, load_config
 from daemon.config.model import Config
-from daemon.errors import UnknownJobError, VigilError
-from daemon.journal.file import scan
-from daemon.journal.framing import decode_payload
-from daemon.journal.keyring import Keyring, resolve_key_path
-from daemon.journal.logstore import conversation_names, journal_path
-from daemon.layout import Layout
-from daemon.mirror.db import ConversationSummary, Hit, Mirror
+from daemon.journal.logstore import conversation_names
+from daemon.mirror.db import Mirror
+from daemon.mirror.queries import ConversationSummary, Hit
 from daemon.mirror.rebuild import RebuildProgress, RebuildStats, rebuild
 from daemon.ops.checkpoints import rewrite_checkpoints
-from daemon.ops.reencrypt import rotate_and_reencrypt
+from daemon.ops.history import tokens_short
 from daemon.ops.verify import verify
 from jobs.budget import local_day, local_day_bounds
 
@@ -45,22 +41,6 @@ VERIFY_FAILED = 8
 PARALLEL_BYTES = 32 << 20  # below this, starting worker processes costs more than it saves
 COMMANDS = frozenset({"rebuild", "verify", "search", "sessions", "export"})
 _MARK = ("\x02", "\x03")
-
-
-class WrongUserError(VigilError):
-    """A command that writes vigil's files runs as another user than their owner."""
-
-    exit_code = 2
-
-    def __init__(self, path: Path, owner: int, me: int) -> None:
-        self.path = path
-        self.owner = owner
-        self.me = me
-        name = _user_name(owner)
-        super().__init__(
-            f"{path} belongs to {name} (uid {owner}) but this runs as uid {me}; files it "
-            f"creates would lock the daemon out. Run it as that user: sudo -u {name} vigil ..."
-        )
 
 
 def add_commands(
@@ -163,22 +143,14 @@ def run(args: argparse.Namespace) -> int:
     raise AssertionError(command)  # the parser only lets COMMANDS through
 
 
-def _layout(config: Config) -> Layout:
-    return Layout(config.daemon.state_dir, config.daemon.runtime_dir)
-
-
-def _keyring(config: Config) -> Keyring:
-    return Keyring.load(resolve_key_path(config.daemon.key_file))
-
-
 # ---------------------------------------------------------------- rebuild
 
 
 def cmd_rebuild(config: Config, name: str | None, workers: int | None, *, as_json: bool) -> int:
-    keyring = _keyring(config)
+    keyring = keyring_of(config)
     path = config.daemon.mirror_file
     check_owner(path if path.exists() else config.daemon.runtime_dir)
-    directory = _layout(config).conversations
+    directory = layout_of(config).conversations
     if workers is None:
         size = sum(p.stat().st_size for p in directory.glob("*.jsonl"))
         workers = min(os.cpu_count() or 1, 8) if size > PARALLEL_BYTES and name is None else 1
@@ -196,11 +168,11 @@ def cmd_rebuild(config: Config, name: str | None, workers: int | None, *, as_jso
     finally:
         mirror.close()
     # The start-up checkpoints are derived too: fresh ones from a full fold.
-    layout = _layout(config)
     names = conversation_names(directory) if name is None else [name]
-    rewritten = rewrite_checkpoints(directory, layout.checkpoints, keyring, names, workers=workers)
+    checkpoints = layout_of(config).checkpoints
+    rewritten = rewrite_checkpoints(directory, checkpoints, keyring, names, workers=workers)
     if as_json:
-        _print_json({"mirror": str(path), **stats.as_json(), "checkpoints": rewritten})
+        print_json({"mirror": str(path), **stats.as_json(), "checkpoints": rewritten})
     else:
         print(
             f"rebuilt {path}: {stats.records} records, {stats.conversations} conversations "
@@ -249,9 +221,9 @@ def _progress_bar(*, enabled: bool) -> Iterator[Callable[[RebuildProgress], None
 
 
 def cmd_verify(config: Config, *, as_json: bool) -> int:
-    report = verify(_layout(config), _keyring(config), config.daemon.mirror_file)
+    report = verify(layout_of(config), keyring_of(config), config.daemon.mirror_file)
     if as_json:
-        _print_json(report.as_json())
+        print_json(report.as_json())
     else:
         sys.stdout.write(report.render())
     return 0 if report.ok else VERIFY_FAILED
@@ -271,7 +243,7 @@ def _reader(config: Config) -> Iterator[Mirror]:
             f"vigil: no mirror at {path} (daemon stopped?); reading the journals", file=sys.stderr
         )
         mirror = Mirror.open(":memory:")
-        stats = rebuild(mirror, _layout(config).conversations, _keyring(config))
+        stats = rebuild(mirror, layout_of(config).conversations, keyring_of(config))
         for error in stats.errors:
             print(f"vigil: warning: left out: {error}", file=sys.stderr)
     try:
@@ -285,7 +257,7 @@ def cmd_search(config: Config, text: str, limit: int, *, raw: bool, as_json: boo
     with _reader(config) as mirror:
         hits = mirror.search(text, limit, mark=_MARK if tty else ("[", "]"), raw=raw)
     if as_json:
-        _print_json([h.as_json() for h in hits])
+        print_json([h.as_json() for h in hits])
     elif tty:
         _hits_table(hits)
     else:
@@ -331,26 +303,27 @@ def cmd_sessions(config: Config, *, as_json: bool) -> int:
     with _reader(config) as mirror:
         rows = mirror.conversations(today)
     if as_json:
-        _print_json([r.as_json() for r in rows])
+        print_json([r.as_json() for r in rows])
     elif sys.stdout.isatty():
         _sessions_table(rows)
     else:
         print(
             "name\tturns\tlast_status\tlast_activity\tspend_today_usd\tsession_id\t"
-            "forked_from\tpaused"
+            "forked_from\tpaused\tcontext_tokens\tcompactions"
         )
         for r in rows:
             print(
                 f"{r.name}\t{r.turns}\t{r.last_status or '-'}\t{r.last_activity or '-'}\t"
                 f"{r.spend_today_usd:.4f}\t{r.session_id or '-'}\t{r.origin or '-'}\t"
-                f"{_paused(r)}"
+                f"{_paused(r)}\t"
+                f"{r.context_tokens if r.context_tokens is not None else '-'}\t{r.compactions}"
             )
     return 0
 
 
 def _sessions_table(rows: list[ConversationSummary]) -> None:
     columns = ("name", "turns", "last status", "last activity (UTC)", "spend today", "session")
-    table = Table(*columns, "forked from", "paused")
+    table = Table(*columns, "forked from", "paused", "context", "compactions")
     for r in rows:
         table.add_row(
             r.name,
@@ -361,6 +334,8 @@ def _sessions_table(rows: list[ConversationSummary]) -> None:
             r.session_id or "-",
             r.origin or "-",
             _paused(r),
+            tokens_short(r.context_tokens),
+            str(r.compactions),
         )
     Console().print(table if rows else "no conversations yet")
 
@@ -372,92 +347,9 @@ def _paused(r: ConversationSummary) -> str:
     return r.paused_by + (f" until {r.paused_until}" if r.paused_until else "")
 
 
-# ---------------------------------------------------------------- export
-
-
-def cmd_export(config: Config, name: str, out: TextIO | None = None) -> int:
-    stream = out or sys.stdout
-    directory = _layout(config).conversations
-    path = journal_path(directory, name)
-    if not path.exists():
-        raise UnknownJobError(name, conversation_names(directory))
-    keyring = _keyring(config)
-    if stream.isatty():
-        print(
-            "vigil: warning: writing decrypted conversation text to the terminal",
-            file=sys.stderr,
-        )
-    encode = json.JSONEncoder(ensure_ascii=False).encode
-
-    def write(frame: Any) -> None:
-        stream.write(encode({"seq": frame.seq, **decode_payload(frame.payload)}) + "\n")
-
-    result = scan(path, name, keyring, write)
-    stream.flush()
-    if result.tail is not None:
-        print(
-            f"vigil: note: {path} line {result.tail.line}: {result.tail.reason} "
-            "(a torn tail or a record being written; not exported)",
-            file=sys.stderr,
-        )
-    return 0
-
-
-# ---------------------------------------------------------------- key rotate --reencrypt
-
-
-def cmd_reencrypt(key_path: Path, config_path: Path | None, *, as_json: bool) -> int:
-    config = load_config(config_path or default_config_path())
-    layout = _layout(config)
-    check_owner(layout.state_dir)
-    console = Console(stderr=True)
-    show = not as_json and sys.stderr.isatty()
-
-    def progress(path: Path, done: int, files: int) -> None:
-        if show:
-            console.print(f"[{done}/{files}] {path.name}", highlight=False)
-
-    stats = rotate_and_reencrypt(key_path, layout, progress=progress)
-    if as_json:
-        _print_json(stats.as_json())
-    else:
-        print(
-            f"added key id {stats.key_id} to {key_path} and re-encrypted {stats.rewritten} of "
-            f"{stats.files} journals ({stats.records} records) in {stats.seconds:.2f} s; "
-            f"{stats.already_current} were already under it. Older keys stay in the file."
-        )
-        for leftover in stats.leftovers_removed:
-            print(f"removed an unfinished copy from an earlier run: {leftover}")
-        for path in stats.tails_cut:
-            print(f"cut a torn tail off {path} (the original is kept beside it)")
-    return 0
-
-
 # ---------------------------------------------------------------- helpers
 
 
 def _when(stamp: str | None) -> str:
     """``2026-11-21T10:00:00.123Z`` as ``2026-11-21 10:00:00`` (UTC) for a table."""
     return stamp[:19].replace("T", " ") if stamp else "-"
-
-
-def check_owner(path: Path) -> None:
-    try:
-        owner = path.stat().st_uid
-    except FileNotFoundError:
-        return
-    me = os.geteuid()
-    if owner != me:
-        raise WrongUserError(path, owner, me)
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")

@@ -60,6 +60,7 @@ from daemon.config.fields import (
 )
 from daemon.durations import format_duration
 from daemon.errors import UnknownJobError
+from jobs.context import MAX_CONTEXT_LIMIT, MIN_CONTEXT_LIMIT, limit_problem
 from jobs.hours import ActiveHours
 from jobs.quiet import DEFAULT_QUIET_TOKEN, QuietRule
 
@@ -187,6 +188,16 @@ def _shape_problems(present: set[str]) -> list[tuple[str, str]]:
     return problems
 
 
+def _context_limit(value: int) -> int:
+    problem = limit_problem(value)
+    if problem is not None:
+        raise _fail(
+            f"{problem} (context_limit is a number of tokens, "
+            f"{MIN_CONTEXT_LIMIT} to {MAX_CONTEXT_LIMIT})"
+        )
+    return value
+
+
 class HeartbeatConfig(BaseModel):
     """One ``[[heartbeat]]`` job: a schedule, a prompt, and how to run the agent.
 
@@ -211,6 +222,7 @@ class HeartbeatConfig(BaseModel):
     allowed_tools: list[Text] | None = None
     permission_mode: PermissionMode = "default"
     max_turns: Annotated[int, Field(ge=1)] | None = None
+    context_limit: Annotated[int, AfterValidator(_context_limit)] | None = None
     turn_timeout: Timeout | None = None
     active_hours: Annotated[str, AfterValidator(_active_hours)] | None = None
     catch_up: CatchUpPolicy = "once"

@@ -22,6 +22,7 @@ EventType = Literal[
     "tool_use",
     "tool_result",
     "result",
+    "compacted",
     "turn_completed",
     "turn_failed",
     "turn_interrupted",
@@ -146,8 +147,16 @@ def result(
     usage: dict[str, Any] | None,
     duration_ms: int,
     num_turns: int,
+    context_tokens: int | None = None,
     at: str | None = None,
 ) -> Event:
+    """``usage``: the turn's tokens as the CLI sums them over the turn's model requests
+    (a compaction's summarisation request is not in it); ``context_tokens``: what the
+    model received in the turn's last request (input + cache read + cache write), the
+    conversation's context size after the turn (None when the CLI said nothing)."""
+    extra: dict[str, Any] = {}
+    if context_tokens is not None:
+        extra["context_tokens"] = context_tokens
     return _event(
         "result",
         at,
@@ -160,6 +169,43 @@ def result(
         usage=usage,
         duration_ms=duration_ms,
         num_turns=num_turns,
+        **extra,
+    )
+
+
+def compacted(
+    turn: int,
+    *,
+    trigger: str,
+    pre_tokens: int | None,
+    post_tokens: int | None,
+    preserved: int,
+    boundary_uuid: str | None,
+    dropped_tokens: int | None = None,
+    duration_ms: int | None = None,
+    at: str | None = None,
+) -> Event:
+    """The CLI compacted the conversation during ``turn``: it summarised the history
+    before the boundary (entry ``boundary_uuid`` of its transcript) and the model sees
+    that summary from now on, plus ``preserved`` messages kept verbatim.
+
+    ``trigger``: "auto" (the context passed the CLI's threshold, see ``context_limit``)
+    or "manual" (a ``/compact``); ``pre_tokens``: the context before (the last reported
+    usage); ``post_tokens``: the CLI's estimate of the summary and what it kept;
+    ``dropped_tokens``: the CLI's running total of what compactions dropped from this
+    session. The summary itself stays in the transcript, never journaled as a prompt.
+    """
+    return _event(
+        "compacted",
+        at,
+        turn=turn,
+        trigger=trigger,
+        pre_tokens=pre_tokens,
+        post_tokens=post_tokens,
+        preserved=preserved,
+        boundary_uuid=boundary_uuid,
+        dropped_tokens=dropped_tokens,
+        duration_ms=duration_ms,
     )
 
 

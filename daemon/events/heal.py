@@ -44,6 +44,35 @@ class DeliveryView:
         }
 
 
+# The ``usage`` keys of a ``result`` that count tokens, and their short names here.
+TOKEN_KEYS = (
+    ("input_tokens", "input"),
+    ("output_tokens", "output"),
+    ("cache_read_input_tokens", "cache_read"),
+    ("cache_creation_input_tokens", "cache_write"),
+)
+
+
+@dataclass(frozen=True)
+class CompactionView:
+    """A ``compacted`` record: the CLI summarised the history during this turn."""
+
+    trigger: str
+    pre_tokens: int | None
+    post_tokens: int | None
+    preserved: int
+    at: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "trigger": self.trigger,
+            "pre_tokens": self.pre_tokens,
+            "post_tokens": self.post_tokens,
+            "preserved": self.preserved,
+            "at": self.at,
+        }
+
+
 @dataclass
 class TurnView:
     turn: int
@@ -65,6 +94,9 @@ class TurnView:
     journaled_end: bool = False
     missed: int | None = None  # beats missed while down (reason missed_while_down)
     deliveries: list[DeliveryView] = field(default_factory=list)
+    tokens: dict[str, int] | None = None  # TOKEN_KEYS' short names, summed over results
+    context_tokens: int | None = None  # the context after the turn (its last request)
+    compactions: list[CompactionView] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +115,9 @@ class TurnView:
             "tools": self.tools,
             "missed": self.missed,
             "deliveries": [d.as_json() for d in self.deliveries],
+            "tokens": self.tokens,
+            "context_tokens": self.context_tokens,
+            "compactions": [c.as_json() for c in self.compactions],
         }
 
 
@@ -222,6 +257,17 @@ def _apply(t: TurnView, kind: str, ev: Event) -> None:
         text = ev.get("text")
         if isinstance(text, str) and text:
             t.reply = text
+        _tokens(t, ev)
+    elif kind == "compacted":
+        t.compactions.append(
+            CompactionView(
+                str(ev.get("trigger") or "auto"),
+                _count(ev.get("pre_tokens")),
+                _count(ev.get("post_tokens")),
+                _count(ev.get("preserved")) or 0,
+                ev.get("at"),
+            )
+        )
     elif kind == "turn_completed":
         t.status = "quiet" if ev.get("quiet") else "completed"
         t.ended_at, t.journaled_end = ev.get("at"), True
@@ -231,6 +277,24 @@ def _apply(t: TurnView, kind: str, ev: Event) -> None:
     elif kind == "turn_interrupted":
         t.status, t.ended_at, t.journaled_end = "interrupted", ev.get("at"), True
         t.reason = ev.get("reason")
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _tokens(t: TurnView, ev: Event) -> None:
+    """A result's token counts, added to the turn's (a turn may hold several results)."""
+    usage = ev.get("usage")
+    if isinstance(usage, dict):
+        for key, short in TOKEN_KEYS:
+            n = _count(usage.get(key))
+            if n is not None:
+                t.tokens = t.tokens or {}
+                t.tokens[short] = t.tokens.get(short, 0) + n
+    context = _count(ev.get("context_tokens"))
+    if context is not None:
+        t.context_tokens = context
 
 
 def _delivery(t: TurnView, kind: str, ev: Event, open_status: DeliveryStatus) -> None:

@@ -21,7 +21,7 @@ from daemon.logs import get_logger
 from daemon.ports.eventlog import EventLog, EventLogStore
 
 if TYPE_CHECKING:
-    from daemon.runtime.recovery_read import Folded
+    from daemon.journal.recovery_read import Folded
 
 Listener = Callable[[str, int, Event], None]
 Timing = Callable[[str, float], None]  # ("append" | "sync", seconds)
@@ -61,6 +61,8 @@ class ConversationState:
     cwd: str | None = None
     resume_at: str | None = None  # last assistant uuid of the last completed turn
     last_beat_at: str | None = None
+    context_tokens: int | None = None  # after the last turn that reported it
+    compactions: int = 0  # ``compacted`` records (the CLI summarised the history)
     open_turn: OpenTurn | None = None
     # The last turn was interrupted (a crash healed at start, or a drain) and no turn
     # has started since: the next connect must drop its half (``on_interrupted``).
@@ -70,7 +72,7 @@ class ConversationState:
     pending_cut: PendingCut | None = None
     _pending_resume_at: str | None = field(default=None, repr=False)
 
-    def feed(self, event: Event) -> None:
+    def feed(self, event: Event) -> None:  # noqa: PLR0912  # one branch per event type
         kind = event_type(event)
         turn = event.get("turn")
         if kind == "session_bound":
@@ -114,6 +116,14 @@ class ConversationState:
             if event.get("reason") == WRITE_FAILED:
                 self._cut(self.open_turn, "write_failed")
             self.open_turn = None
+        elif kind in ("result", "compacted"):
+            self._context(kind, event)
+
+    def _context(self, kind: str, event: Event) -> None:
+        if kind == "compacted":
+            self.compactions += 1
+        elif isinstance(event.get("context_tokens"), int):
+            self.context_tokens = event["context_tokens"]
 
     def _cut(self, turn: OpenTurn | None, cause: str) -> None:
         if turn is not None:
@@ -259,8 +269,12 @@ class Conversation:
                 is_error=event.get("is_error"),
                 session_cost_usd=event.get("session_cost_usd"),
                 duration_ms=event.get("duration_ms"),
+                context_tokens=event.get("context_tokens"),
                 **fields,
             )
+        elif kind == "compacted":
+            extra = ("trigger", "pre_tokens", "post_tokens", "preserved", "dropped_tokens")
+            self.log.info(kind, **{k: event.get(k) for k in extra}, **fields)
         elif kind in ("turn_failed", "beat_skipped", "turn_interrupted"):
             if event.get("count") is not None:
                 fields["count"] = event["count"]

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from daemon.journal.file import JOURNAL_SUFFIX, FsyncPolicy, Journal, scan
+from daemon.journal.file import JOURNAL_SUFFIX, FsyncPolicy, Journal
 from daemon.journal.framing import Frame, decode_payload
 from daemon.journal.keyring import Keyring
+from daemon.journal.scan import scan
 from daemon.ports.eventlog import Event, Visitor
 
 __all__ = ["FileEventLogStore", "conversation_names", "journal_path"]

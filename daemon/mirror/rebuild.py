@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from daemon.errors import UnknownJobError, VigilError
+from daemon.events import Event
 from daemon.journal.bulk import NotPlain, read_payloads
-from daemon.journal.file import scan
 from daemon.journal.framing import Frame, decode_payload
 from daemon.journal.keyring import Keyring
 from daemon.journal.logstore import conversation_names, journal_path
+from daemon.journal.scan import scan
 from daemon.mirror.db import Feed, Mirror, Sink
 from daemon.mirror.rows import ConvRows, fold_journal
 from daemon.mirror.workers import Job, WorkerPool
@@ -168,6 +169,16 @@ class _Reporter:
         self._progress(
             RebuildProgress(name, self._done, len(self._sizes), records, self._bytes, self._total)
         )
+
+
+def events_feed(records: Iterable[tuple[int, Event]]) -> Feed:
+    """A :data:`Feed` of ``(seq, event)`` pairs already in memory."""
+
+    def feed(sink: Sink) -> None:
+        for seq, event in records:
+            sink(seq, event)
+
+    return feed
 
 
 def journal_feed(path: Path, name: str, keyring: Keyring, limit: int | None = None) -> Feed:

@@ -1,7 +1,8 @@
 """One journal folded from a fresh start into the mirror's rows (no database needed).
 
 A full rebuild folds each conversation here, in worker processes or in-process, and
-the mirror only inserts the rows (:meth:`daemon.mirror.db.Mirror.bulk_load`). The rows
+the mirror only inserts the rows (:class:`BulkLoad`, inside
+:meth:`daemon.mirror.db.Mirror.bulk_load`). The rows
 are those :func:`daemon.mirror.fold.fold_event` leaves in a fresh ``ConvState`` after
 every record, the same rows ``Mirror.replay`` writes (tested against it). Kept free of
 the daemon's heavier imports: worker processes import this module and little else.
@@ -9,16 +10,25 @@ the daemon's heavier imports: worker processes import this module and little els
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from daemon.journal.bulk import NotPlain, read_payloads
-from daemon.journal.file import scan
 from daemon.journal.framing import decode_payload
 from daemon.journal.keyring import Keyring
-from daemon.mirror.fold import ConvState, DeliveryState, ToolState, TurnState, fold_event
+from daemon.journal.scan import scan
+from daemon.mirror.fold import fold_event
+from daemon.mirror.schema import (
+    CONVERSATION_INSERT,
+    DELIVERY_INSERT,
+    SKIP_INSERT,
+    TOOL_CALL_INSERT,
+    TURN_INSERT,
+)
+from daemon.mirror.state import ConvState, DeliveryState, ToolState, TurnState
 
 Row = tuple[Any, ...]
 
@@ -100,3 +110,24 @@ class _Fold:
             list(state.skips),
             [d.row(name) for d in state.deliveries.values()],
         )
+
+
+class BulkLoad:
+    """Inserts a whole conversation's rows at a time (see :meth:`Mirror.bulk_load`)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def add(self, rows: ConvRows) -> None:
+        """Insert one conversation's rows: it must not have been added before."""
+        if rows.conversation is None:
+            return  # an empty journal has no rows
+        db = self._db
+        db.execute(CONVERSATION_INSERT, rows.conversation)
+        db.executemany(TURN_INSERT, rows.turns)
+        if rows.tool_calls:
+            db.executemany(TOOL_CALL_INSERT, rows.tool_calls)
+        if rows.skips:
+            db.executemany(SKIP_INSERT, rows.skips)
+        if rows.deliveries:
+            db.executemany(DELIVERY_INSERT, rows.deliveries)

@@ -2,12 +2,25 @@
 
 Bump :data:`SCHEMA_VERSION` on any change: a mirror from another version is dropped
 and rebuilt, never migrated (it is derived data).
+
+Tables:
+
+* ``conversations``: one row per journal: last sequence applied, session, last activity;
+  for a fork (``vigil fork``), the conversation, turn and session it was cut from
+* ``turns``: one row per turn (and per skipped beat, status ``skipped``), keyed by
+  ``(conversation, turn)``: status, prompt, reply, times, cost, tokens, session, reason
+* ``tool_calls`` (keyed by the ``tool_use`` record's sequence), ``skips`` (keyed by
+  the record's sequence, with the skip's extra facts), ``deliveries`` (one row per
+  reply and sink, keyed by its ``delivery`` id: the fence's last word, attempts, error)
+* ``turns_fts``: an FTS5 index over turns' prompts and replies (external content,
+  kept in step explicitly whenever a turn row is written or deleted, and built in one
+  pass after a full rebuild's inserts, see :meth:`daemon.mirror.db.Mirror.bulk_load`)
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3  # 2: conversations.forked_from, forked_turn, forked_session
-# 3: conversations.paused_by, paused_until (vigil pause)
+SCHEMA_VERSION = 4  # 2: conversations.forked_*; 3: conversations.paused_by, paused_until
+# (vigil pause); 4: turns.context_tokens, compactions, compacted_* (compaction on the record)
 
 SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,6 +64,10 @@ CREATE TABLE turns(
     tool_calls INTEGER NOT NULL,
     first_seq INTEGER NOT NULL,
     last_seq INTEGER NOT NULL,
+    context_tokens INTEGER,
+    compactions INTEGER NOT NULL,
+    compacted_pre_tokens INTEGER,
+    compacted_post_tokens INTEGER,
     UNIQUE(conversation, turn)
 );
 CREATE TABLE tool_calls(
@@ -145,6 +162,10 @@ DUMP_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "tool_calls",
             "first_seq",
             "last_seq",
+            "context_tokens",
+            "compactions",
+            "compacted_pre_tokens",
+            "compacted_post_tokens",
         ),
     ),
     "tool_calls": (

@@ -29,7 +29,7 @@ from daemon.journal.checkpoint import (
 from daemon.journal.conversation import ConversationState
 from daemon.journal.keyring import Keyring
 from daemon.journal.logstore import journal_path
-from daemon.runtime.recovery_read import Folded, fold_all, fold_journal
+from daemon.journal.recovery_read import Folded, fold_all, fold_journal
 from jobs.ledger import JobLedger
 
 __all__ = ["CheckpointCheck", "CheckpointProbe", "orphan_checkpoints", "rewrite_checkpoints"]

@@ -35,11 +35,13 @@ from daemon.agent.store import JournalSessionStore
 from daemon.errors import ForkRefusedError, VigilError
 from daemon.events.heal import ConversationView, TurnView, fold
 from daemon.fsutil import fsync_dir
-from daemon.journal.file import FsyncPolicy, Journal, read_events
+from daemon.journal.file import FsyncPolicy, Journal
 from daemon.journal.keyring import Keyring
 from daemon.journal.logstore import journal_path
+from daemon.journal.scan import read_events
 from daemon.layout import Layout
-from daemon.mirror.db import Mirror, MirrorError
+from daemon.mirror.database import MirrorError
+from daemon.mirror.db import Mirror
 from daemon.mirror.rebuild import journal_feed
 
 _ANSWERED = ("completed", "quiet")

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from daemon.config.model import Config
 from daemon.errors import UnknownJobError
-from daemon.events.heal import ConversationView, ForkOrigin, TurnView, fold
-from daemon.journal.file import read_events
+from daemon.events.heal import TOKEN_KEYS, ConversationView, ForkOrigin, TurnView, fold
 from daemon.journal.keyring import Keyring
 from daemon.journal.lock import daemon_running
 from daemon.journal.logstore import conversation_names, journal_path
+from daemon.journal.scan import read_events
 from daemon.layout import Layout
 
 
@@ -90,11 +90,38 @@ def _turn_lines(t: TurnView) -> list[str]:
         lines.append(f"  > {_one_line(t.prompt)}")
     if t.reply:
         lines.append(f"  < {_one_line(t.reply)}")
+    for c in t.compactions:
+        kept = f", {c.preserved} messages kept verbatim" if c.preserved else ""
+        lines.append(
+            f"  compacted {tokens_short(c.pre_tokens)} → {tokens_short(c.post_tokens)} tokens "
+            f"({c.trigger}{kept}): the model sees a summary of the turns before"
+        )
+    if t.tokens or t.context_tokens is not None:
+        lines.append(f"  tokens: {_tokens_line(t)}")
     for d in t.deliveries:
         tries = f", {d.attempts} attempts" if d.attempts > 1 else ""
         why = f": {_one_line(d.error, 120)}" if d.error and d.status != "done" else ""
         lines.append(f"  -> {d.sink} {d.status}{tries}{why}")
     return lines
+
+
+def tokens_short(n: int | None) -> str:
+    """182000 as ``182k``, 9400 as ``9.4k``, 1250000 as ``1.25M``; None as ``?``."""
+    if n is None:
+        return "?"
+    if n >= 1_000_000:
+        return f"{n / 1_000_000:.3g}M"
+    if n >= 1000:
+        return f"{n / 1000:.3g}k"
+    return str(n)
+
+
+def _tokens_line(t: TurnView) -> str:
+    tokens = t.tokens or {}
+    parts = [f"{name} {tokens_short(tokens[name])}" for _, name in TOKEN_KEYS if name in tokens]
+    if t.context_tokens is not None:
+        parts.append(f"context after {tokens_short(t.context_tokens)}")
+    return ", ".join(parts)
 
 
 def _one_line(text: str, limit: int = 200) -> str:

@@ -31,10 +31,11 @@ from typing import Any
 
 from daemon.errors import VigilError
 from daemon.fsutil import FILE_MODE, fsync_dir
-from daemon.journal.file import JOURNAL_SUFFIX, Journal, scan
+from daemon.journal.file import JOURNAL_SUFFIX, Journal
 from daemon.journal.framing import Frame, seal
 from daemon.journal.keyring import Keyring, rotate_key_file
 from daemon.journal.lock import StateLock
+from daemon.journal.scan import scan
 from daemon.layout import Layout
 
 TMP_SUFFIX = ".reencrypt-tmp"

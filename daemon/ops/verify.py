@@ -22,13 +22,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from daemon.errors import JournalCorruptError, JournalVersionError, WrongKeyError
-from daemon.journal.file import INCOMPLETE_LAST_LINE, JOURNAL_SUFFIX, Visitor, scan
+from daemon.journal.file import JOURNAL_SUFFIX
 from daemon.journal.framing import decode_payload
 from daemon.journal.keyring import Keyring
 from daemon.journal.lock import daemon_running
 from daemon.journal.logstore import conversation_names, journal_path
+from daemon.journal.scan import INCOMPLETE_LAST_LINE, Visitor, scan
 from daemon.layout import Layout
-from daemon.mirror.db import DumpRow, Mirror, MirrorError, Sink
+from daemon.mirror.database import MirrorError
+from daemon.mirror.db import Mirror, Sink
+from daemon.mirror.queries import DumpRow
 from daemon.mirror.schema import DUMP_COLUMNS
 from daemon.ops.checkpoints import CheckpointCheck, CheckpointProbe, orphan_checkpoints
 

@@ -39,11 +39,12 @@ from daemon.journal.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from daemon.journal.file import Journal, scan
+from daemon.journal.file import Journal
 from daemon.journal.framing import Frame, decode_payload
 from daemon.journal.keyring import Keyring
+from daemon.journal.recovery_read import Folded
+from daemon.journal.scan import scan
 from daemon.runtime.job import Job
-from daemon.runtime.recovery_read import Folded
 
 __all__ = ["Checkpointer", "fold_from_checkpoint", "load_checkpoints"]
 

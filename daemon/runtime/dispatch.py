@@ -4,8 +4,9 @@ A due beat first passes the job's gate (``jobs.gate``: empty prompt, active hour
 daily budget), else it is journaled as skipped with the reason. One turn at a time per
 conversation. A beat waits for a turn slot and a live client (:class:`ClientPool`) up
 to its window, which closes shortly before the job's next beat is due; a beat that
-waited past it is journaled ``no_capacity``. A non-quiet reply is delivered to the
-job's sinks behind the delivery fence.
+waited past it is journaled ``no_capacity`` (and keeps its conversation's place in the
+pool's fair queue; ``over_capacity`` is logged at most once a minute). A non-quiet
+reply is delivered to the job's sinks behind the delivery fence.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from daemon.events import Trigger
 from daemon.runtime.beats import BeatResult
 from daemon.runtime.context import Runtime
 from daemon.runtime.job import Job, JournalDeliveryLog, beat_policy, routes
+from daemon.runtime.overload import OverloadAlarm
 from daemon.runtime.scheduling import Scheduling
 from daemon.runtime.status import status_line
 from jobs.delivery import deliver
@@ -52,6 +54,7 @@ class Dispatcher:
         self.rt = rt
         self.scheduling = scheduling
         self.after_beat: list[AfterBeat] = []
+        self.overload = OverloadAlarm(rt.clock)
 
     async def on_due(self, name: str) -> None:
         self.due(name, "schedule")
@@ -76,6 +79,7 @@ class Dispatcher:
                 pause=job.ledger.pause,
             )
             if skip is not None:
+                rt.pool.drop_place(name)  # not owed a turn: no place kept in the queue
                 job.runner.skip(skip.reason, skip.detail)
                 return False
         except JournalFatalError as exc:
@@ -191,8 +195,10 @@ class Dispatcher:
         window = wait_window(
             due, rt.schedule.next_due(job.name), runner.turn_timeout.total_seconds()
         )
+        # Its place among waiting beats: when it came due, on the monotonic clock.
+        due_mono = rt.clock.monotonic() - max((rt.clock.now() - due).total_seconds(), 0.0)
         try:
-            async with rt.pool.lease(job.name, runner.agent, wait_s=window) as waited:
+            async with rt.pool.lease(job.name, runner.agent, wait_s=window, due=due_mono) as waited:
                 del rt.waiting[job.name]
                 if rt.draining:
                     return runner.skip("daemon_stopping", "the daemon is stopping", **request)
@@ -204,13 +210,15 @@ class Dispatcher:
                     extra=extra,
                 )
         except LeaseTimeout as exc:
-            return runner.skip(
+            skipped = runner.skip(
                 "no_capacity",
                 str(exc),
                 waited_s=round(exc.waited_s, 3),
                 max_concurrent_turns=rt.pool.max_turns,
                 **request,
             )
+            self.overload.beat_unserved(rt, job.name, exc.waited_s)
+            return skipped
         except asyncio.CancelledError:
             if rt.waiting.get(job.name) is task:
                 runner.skip(

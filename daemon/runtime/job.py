@@ -19,6 +19,7 @@ from daemon.journal.conversation import Conversation
 from daemon.ports.agent import AgentSpec
 from daemon.runtime.beats import BeatRunner
 from jobs.backoff import failure_interval, idle_interval
+from jobs.context import apply_compaction_env
 from jobs.delivery import DeliveryKey, Route
 from jobs.gate import BeatPolicy
 from jobs.ledger import JobLedger
@@ -70,9 +71,10 @@ class Job:
 
 
 def agent_spec(cfg: HeartbeatConfig, env: dict[str, str]) -> AgentSpec:
+    """``env``: the CLI's environment, with the job's ``context_limit`` settings added."""
     return AgentSpec(
         cwd=cfg.cwd,
-        env=env,
+        env=apply_compaction_env(env, cfg.context_limit),
         model=cfg.model,
         system_prompt=cfg.system_prompt,
         allowed_tools=cfg.allowed_tools,

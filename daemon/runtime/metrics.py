@@ -156,8 +156,7 @@ class Metrics:
             "delivery_done": self._delivery,
             "delivery_failed": self._delivery,
             "delivery_unknown": self._delivery,
-            # Fed once compactions are journaled as their own event type.
-            "compaction": self._compaction,
+            "compacted": self._compaction,
         }
 
     # --- feeding ---------------------------------------------------------------------
@@ -216,6 +215,9 @@ class Metrics:
                     self.tokens.labels(heartbeat=job, type=kind).inc(value)
             context = [usage.get(k) for k in CONTEXT_KEYS]
             self._context[job] = float(sum(v for v in context if isinstance(v, int | float)))
+        journaled = event.get("context_tokens")  # the journal's own figure, when it has one
+        if isinstance(journaled, int) and not isinstance(journaled, bool):
+            self._context[job] = float(journaled)
         step = self._costs.setdefault(job, CostSteps()).feed(event)
         if step:
             self.cost.labels(heartbeat=job).inc(step)

@@ -1,10 +1,11 @@
 """The systemd notification protocol (sd_notify) and the watchdog.
 
 :class:`Notifier` is the small interface the supervisor uses; :class:`SystemdNotifier`
-sends datagrams to ``$NOTIFY_SOCKET`` (a no-op when unset), :class:`RecordingNotifier`
-keeps them for tests. The watchdog pings ``WATCHDOG=1`` at half of ``$WATCHDOG_USEC``
-from a task on the event loop, and only while a health check passes: a blocked loop
-or a dead journal stops the pings and systemd restarts the service.
+sends datagrams to ``$NOTIFY_SOCKET`` (a no-op when unset), and the test kit's
+:class:`daemon.testing.fakes.RecordingNotifier` keeps them. The watchdog pings
+``WATCHDOG=1`` at half of ``$WATCHDOG_USEC`` from a task on the event loop, and only
+while a health check passes: a blocked loop or a dead journal stops the pings and
+systemd restarts the service.
 """
 
 from __future__ import annotations
@@ -43,14 +44,6 @@ class SystemdNotifier:
             self._sock.sendto(message.encode("utf-8"), self._addr)
         except OSError:
             pass  # systemd gone or socket full: never let notification failures kill us
-
-
-class RecordingNotifier:
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def notify(self, message: str) -> None:
-        self.messages.append(message)
 
 
 def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:

@@ -21,13 +21,13 @@ from daemon.config.model import HeartbeatConfig
 from daemon.events import Trigger
 from daemon.journal.conversation import Conversation, ConversationState
 from daemon.journal.logstore import FileEventLogStore
+from daemon.journal.recovery_read import Folded, fold_all, worker_count
 from daemon.mirror.db import Mirror
 from daemon.mirror.rebuild import rebuild
 from daemon.runtime.beats import BeatRunner
 from daemon.runtime.checkpoints import Checkpointer, load_checkpoints
 from daemon.runtime.context import Runtime
 from daemon.runtime.job import Job, JournalDeliveryLog, agent_spec
-from daemon.runtime.recovery_read import Folded, fold_all, worker_count
 from jobs.delivery import settle_open
 from jobs.ledger import JobLedger
 

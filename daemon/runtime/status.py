@@ -7,6 +7,8 @@ from datetime import UTC
 from typing import Any
 
 from daemon.runtime.context import Runtime
+from daemon.runtime.job import Job
+from daemon.runtime.overload import load_json
 
 __all__ = ["status_line", "status_snapshot"]
 
@@ -41,6 +43,7 @@ def status_snapshot(rt: Runtime) -> dict[str, Any]:
                 "failure_streak": job.ledger.failure_streak,
                 "alerting": job.ledger.alerting,
                 "queued_messages": len(job.ledger.queued),
+                **_context(job),
             }
         )
     pool = rt.pool
@@ -57,9 +60,20 @@ def status_snapshot(rt: Runtime) -> dict[str, Any]:
             "beats_waiting": len(rt.waiting),
             "evictions": pool.evictions,
         },
+        "overload": load_json(pool.queue.load()),
         "degraded": rt.health.degraded,
         "mirror": rt.mirror.phase,
         "jobs": jobs,
+    }
+
+
+def _context(job: Job) -> dict[str, Any]:
+    """The conversation's context after its last turn, its limit, and its compactions."""
+    state = job.runner.conversation.state
+    return {
+        "context_tokens": state.context_tokens,
+        "context_limit": job.config.context_limit,
+        "compactions": state.compactions,
     }
 
 
@@ -71,6 +85,8 @@ def status_line(rt: Runtime) -> str:
     if rt.waiting:
         parts.append(f"{len(rt.waiting)} waiting")
     parts.append(f"{rt.pool.live}/{rt.pool.max_live} clients")
+    if rt.pool.queue.load().over_capacity:
+        parts.append("over capacity")
     lasts = [j.runner.last for j in live if j.runner.last is not None]
     if lasts:
         failed = sum(1 for r in lasts if r is not None and r.outcome == "failed")

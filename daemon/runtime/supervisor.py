@@ -114,7 +114,9 @@ class Supervisor:
     def _wire(self) -> Runtime:
         """Build the shared runtime: stores, the mirror, the pool, the parts."""
         layout, daemon_cfg = self.layout, self.config.daemon
-        transcripts = JournalSessionStore(layout.transcripts, self.keyring, fsync=self.fsync)
+        transcripts = JournalSessionStore(
+            layout.transcripts, self.keyring, fsync=self.fsync, resume_view=True
+        )
 
         def sdk_agent(spec: AgentSpec) -> AgentDriver:
             return AgentSession(spec, transcripts)
@@ -132,6 +134,7 @@ class Supervisor:
                 max_live=daemon_cfg.max_live_clients,
                 max_turns=daemon_cfg.max_concurrent_turns,
                 idle_timeout=daemon_cfg.client_idle_timeout.total_seconds(),
+                clock=self.clock,
             ),
             logs=FileEventLogStore(layout.conversations, self.keyring, fsync=self.fsync),
             transcripts=transcripts,

@@ -2,6 +2,11 @@
 and a transcript store, plus :func:`make_runtime` that wires them over an in-memory
 event-log store. Fakes over mocks: each behaves like the real part within its port's
 contract, and records what a test wants to check.
+
+Also the doubles of two small interfaces: :class:`MemorySink` (a
+:class:`jobs.sinks.Sink` that keeps replies and can fail its first sends; the sink
+suite in ``tests/test_jobs_sinks.py`` runs on it) and :class:`RecordingNotifier` (a
+:class:`daemon.runtime.notify.Notifier` that keeps every sd_notify message).
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from daemon.logs import get_logger
 from daemon.ports.agent import AgentFailure, AgentSpec, ConnectPlan, Emit, TurnOutcome
 from daemon.ports.eventlog import EventLogStore
 from daemon.runtime.context import Health, Runtime
-from daemon.runtime.notify import RecordingNotifier
 from daemon.testing.memlog import MemoryEventLogStore
+from jobs import sinks
 
 __all__ = [
     "FakeAgent",
@@ -32,8 +37,36 @@ __all__ = [
     "FakeMirror",
     "FakeSchedule",
     "FakeTranscripts",
+    "MemorySink",
+    "RecordingNotifier",
     "make_runtime",
 ]
+
+
+@dataclass
+class MemorySink:
+    """Keeps replies in a list; fails the first ``fail_first`` sends (tests, demos)."""
+
+    name: str = "memory"
+    fail_first: int = 0
+    received: list[sinks.Reply] = field(default_factory=list)
+    attempts: int = 0
+
+    async def send(self, reply: sinks.Reply) -> None:
+        self.attempts += 1
+        if self.attempts <= self.fail_first:
+            raise sinks.SinkError(self.name, f"failing on purpose (attempt {self.attempts})")
+        self.received.append(reply)
+
+
+class RecordingNotifier:
+    """Keeps every ``KEY=VALUE`` message, in order, in :attr:`messages`; never raises."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def notify(self, message: str) -> None:
+        self.messages.append(message)
 
 
 class FakeClock:
@@ -258,6 +291,7 @@ def make_runtime(
             max_live=daemon.max_live_clients,
             max_turns=daemon.max_concurrent_turns,
             idle_timeout=daemon.client_idle_timeout.total_seconds(),
+            clock=clock,
         ),
         logs=logs,
         transcripts=transcripts,

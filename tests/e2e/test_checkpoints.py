@@ -11,8 +11,9 @@ import pytest
 
 from daemon.journal.checkpoint import read_checkpoint
 from daemon.journal.conversation import ConversationState
-from daemon.journal.file import read_events
-from tests.e2e.conftest import Job, LogLine, Site, parse_reply, shown
+from daemon.journal.scan import read_events
+from daemon.testing.harness import Job, LogLine, Site
+from tests.e2e.conftest import parse_reply, shown
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import Job, Site, vigil_argv
+from daemon.testing.harness import Job, Site, vigil_argv
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Daemon, Job, Site, parse_reply, shown
+from daemon.testing.harness import Daemon, Job, Site
+from tests.e2e.conftest import parse_reply, shown
 
 pytestmark = pytest.mark.e2e
 

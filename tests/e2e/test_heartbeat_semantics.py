@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Daemon, LogLine, Site, descendants
+from daemon.testing.harness import Daemon, LogLine, Site, descendants
 
 pytestmark = pytest.mark.e2e
 

@@ -26,7 +26,7 @@ from daemon.config.load import load_config
 from daemon.journal.keyring import Keyring, generate_key_file
 from daemon.runtime.notify import SystemdNotifier
 from daemon.runtime.supervisor import Supervisor
-from tests.e2e.conftest import Job, Site
+from daemon.testing.harness import Job, Site
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Job, Site, parse_reply, vigil_argv
+from daemon.testing.harness import Job, Site, vigil_argv
+from tests.e2e.conftest import parse_reply
 
 pytestmark = pytest.mark.e2e
 

@@ -16,16 +16,9 @@ from typing import Any
 import pytest
 
 from daemon.runtime.control import call
-from tests.e2e.conftest import (
-    Daemon,
-    Job,
-    Site,
-    cmdline,
-    descendants,
-    parse_reply,
-    proc_stat,
-    shown,
-)
+from daemon.testing.harness import Daemon, Job, Site, cmdline, descendants
+from daemon.testing.proctree import proc_stat
+from tests.e2e.conftest import parse_reply, shown
 
 pytestmark = pytest.mark.e2e
 

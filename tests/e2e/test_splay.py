@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from daemon.runtime.control import call
+from daemon.testing.harness import Daemon, Job, Site
 from jobs.splay import first_beat_splay
-from tests.e2e.conftest import Daemon, Job, Site
 
 pytestmark = pytest.mark.e2e
 

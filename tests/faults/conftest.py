@@ -28,9 +28,8 @@ import pytest
 
 from daemon.journal.framing import FrameError, decode_payload, open_line
 from daemon.journal.keyring import Keyring
+from daemon.testing.harness import Daemon, Site
 from tests.e2e.conftest import (  # noqa: F401  # fixtures, re-exported for this directory
-    Daemon,
-    Site,
     dev_model,
     short_tmp,
     site,
@@ -165,7 +164,10 @@ class Journals:
             event = self.followers[name].events.get(seq)
             if event is None or event.get("type") != line.get("event"):
                 missing.append(f"{name} seq {seq} {line.get('event')}: journal has {event}")
-            elif line["event"] == "delta" and event.get("text") != line.get("text"):
+            elif line["event"] == "delta" and (event.get("turn"), event.get("text")) != (
+                line.get("turn"),
+                line.get("text"),
+            ):
                 missing.append(f"{name} seq {seq} delta {line.get('text')!r} != {event}")
         return missing
 

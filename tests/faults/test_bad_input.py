@@ -27,9 +27,9 @@ import pytest
 from daemon.config.load import load_config
 from daemon.config.model import DaemonConfig, HeartbeatConfig
 from daemon.events.heal import fold
-from daemon.journal.file import read_events
 from daemon.journal.keyring import Keyring, generate_key_file
-from tests.e2e.conftest import DevModel, Job, Site, vigil_argv
+from daemon.journal.scan import read_events
+from daemon.testing.harness import Job, LoopbackModel, Site, vigil_argv
 
 CONFIG_ERROR = 2
 KEY_ERROR = 3
@@ -573,7 +573,7 @@ WRITER_JOBS = [
 @pytest.fixture(scope="module")
 def written(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("written")
-    model = DevModel()
+    model = LoopbackModel()
     site = Site(root, model)
     try:
         site.write_config(WRITER_JOBS)

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from daemon.ops.verify import check_journal
-from tests.e2e.conftest import Daemon, Job, Site, parse_reply, shown
+from daemon.testing.harness import Daemon, Job, Site
+from tests.e2e.conftest import parse_reply, shown
 from tests.e2e.test_notify import NotifySocket
 from tests.faults.conftest import FaultFS, Journals, Tallies, faults_of
 

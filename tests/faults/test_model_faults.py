@@ -27,7 +27,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Daemon, Job, LogLine, Site, cmdline, descendants, parse_reply, shown
+from daemon.testing.harness import Daemon, Job, LogLine, Site, cmdline, descendants
+from tests.e2e.conftest import parse_reply, shown
 from tests.faults.conftest import Tallies
 
 pytestmark = [pytest.mark.e2e, pytest.mark.long]
@@ -80,10 +81,17 @@ def wait_failures(daemon: Daemon, wanted: dict[str, int], start: int, timeout: f
         time.sleep(0.2)
 
 
-def memory_after_faults(site: Site, name: str, turn: int) -> list[str]:
+def memory_after_faults(
+    site: Site, name: str, turn: int, *, merged: bool = False, last: str | None = None
+) -> list[str]:
     """The reply of ``turn`` (completed after failed turns) shows the first prompt and
     every completed turn before it; the CLI may also show the failed prompts, merged
-    into one user message with the next prompt."""
+    into one user message with the next prompt.
+
+    ``merged``: the failed prompts since the last completed turn must be merged into
+    this turn's user message, exactly (what an HTTP error leaves: the CLI keeps the
+    unanswered prompt); ``last``: how the model must quote this turn's prompt.
+    """
     history = [t for t in site.history(name) if t["status"] != "skipped"]
     done = next(t for t in history if t["turn"] == turn)
     before = [t for t in history if t["turn"] < turn]
@@ -93,6 +101,14 @@ def memory_after_faults(site: Site, name: str, turn: int) -> list[str]:
         completed + 1 <= seen.n <= completed + 1 + (len(before) - completed)
     ):
         return [f"{name} turn {turn}: {seen} after {completed} completed of {len(before)}"]
+    if merged:
+        last_completed = max((t["turn"] for t in before if t["status"] == "completed"), default=0)
+        failed = [t["prompt"] for t in before if t["turn"] > last_completed]
+        last = shown(" ".join([*failed, done["prompt"]]))
+        if seen.n != completed + 1:
+            return [f"{name} turn {turn}: {seen}: the failed prompts were not merged"]
+    if last is not None and seen.last != last:
+        return [f"{name} turn {turn}: the model saw last {seen.last!r}, expected {last!r}"]
     return []
 
 
@@ -163,7 +179,10 @@ def test_model_api_faults_end_turns_clearly_back_off_and_the_conversation_resume
                 problems.append(f"{name}: failure {k + 1} came {b - a:.2f}s after failure {k}")
         completed = [x for x in daemon.lines[healed_from:] if x.get("event") == "turn_completed"]
         done = next(x for x in completed if x["job"] == name)
-        problems += memory_after_faults(site, name, done["turn"])
+        # An HTTP error leaves the unanswered prompts in the session: the next request
+        # merges them with the new prompt into one user message.
+        merged = name in ("http500", "http529")
+        problems += memory_after_faults(site, name, done["turn"], merged=merged)
     if len(auth_starts) != 1:
         problems.append(f"{AUTH_JOB}: {len(auth_starts)} turns started while its key failed")
 
@@ -189,6 +208,7 @@ def test_model_api_faults_end_turns_clearly_back_off_and_the_conversation_resume
 
 CLI_KILLS = 5
 LONG_CLI_KILLS = 50
+PROMPT = "fragile beat [slow:100]"
 
 
 @pytest.mark.timeout(1800)
@@ -199,7 +219,7 @@ def test_the_cli_killed_mid_turn_fails_that_turn_and_the_next_beat_resumes(
     began = time.monotonic()
     kills = LONG_CLI_KILLS if long_run else CLI_KILLS
     # About 13 deltas 100 ms apart: the kill lands while the reply streams.
-    site.write_config([Job("fragile", "fragile beat [slow:100]", every="1s")])
+    site.write_config([Job("fragile", PROMPT, every="1s")])
     daemon = site.start()
     daemon.wait_event("turn_completed", 90, job="fragile")
     killed: list[int] = []
@@ -216,7 +236,9 @@ def test_the_cli_killed_mid_turn_fails_that_turn_and_the_next_beat_resumes(
         if (failed["turn"], failed["reason"]) != (delta["turn"], "cli_died"):
             problems.append(f"turn {delta['turn']} killed; then {failed}")
         done = daemon.wait_event("turn_completed", 90, job="fragile", start=daemon.count())
-        problems += memory_after_faults(site, "fragile", done["turn"])
+        # A dead turn's prompt is never merged into the next one: the model sees the
+        # new prompt last (whether the dead one reached the transcript is up to the CLI).
+        problems += memory_after_faults(site, "fragile", done["turn"], last=shown(PROMPT))
         assert daemon.running, daemon.tail()
     assert daemon.terminate() == 0
     journaled = {t["turn"]: t for t in site.history("fragile")}

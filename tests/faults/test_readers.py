@@ -27,12 +27,12 @@ from typing import IO, Any
 import pytest
 
 from daemon import events as ev
-from daemon.journal.file import INCOMPLETE_LAST_LINE, scan
 from daemon.journal.framing import seal_json
 from daemon.journal.keyring import Keyring, generate_key_file
 from daemon.journal.lock import StateLock
+from daemon.journal.scan import INCOMPLETE_LAST_LINE, scan
 from daemon.layout import Layout
-from tests.e2e.conftest import DevModel, Job, Site, vigil_argv
+from daemon.testing.harness import Job, LoopbackModel, Site, vigil_argv
 
 VERIFY_FAILED = 8
 SESSION = "4f1c2a9e-0000-4000-8000-000000000001"
@@ -277,7 +277,7 @@ class JournalScanner:
 
 @pytest.fixture
 def live_site(tmp_path: Path) -> Iterator[Site]:
-    model = DevModel()
+    model = LoopbackModel()
     made = Site(tmp_path, model)
     try:
         yield made

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from daemon.journal.bulk import NotPlain, read_payloads
 from daemon.journal.conversation import ConversationState
-from daemon.journal.file import ScanResult, scan
 from daemon.journal.framing import Frame, decode_payload
 from daemon.journal.keyring import Keyring
+from daemon.journal.scan import ScanResult, scan
 from jobs.ledger import JobLedger
 
 # Below this many journal bytes in all, forking workers costs more than it saves.
