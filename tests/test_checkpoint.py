@@ -96,23 +96,29 @@ def events_of(plans: list[Plan], *, last_open: bool = False) -> list[dict[str, A
                 usage={},
                 duration_ms=5,
                 num_turns=1,
+                context_tokens=1000 * turn,
                 at=at,
             )
         )
+        if deltas == 4:  # now and then the CLI compacts the history during a turn
+            out.append(
+                ev.compacted(
+                    turn,
+                    trigger="auto",
+                    pre_tokens=9000,
+                    post_tokens=900,
+                    preserved=2,
+                    boundary_uuid=f"b-{turn}",
+                    at=at,
+                )
+            )
         if ending in ("completed", "quiet", "delivered", "retrying", *_OPERATOR):
             out.append(ev.turn_completed(turn, quiet=ending == "quiet", at=at))
         elif ending == "failed":
             out.append(ev.turn_failed(turn, "api_error", "500", at=at))
         else:
             out.append(ev.turn_interrupted(turn, "shutdown", at=at))
-        if ending == "paused":
-            out.append(ev.job_paused(by="operator", until=_at(minute + 60), detail="x", at=at))
-        elif ending == "resumed":
-            out.append(ev.job_resumed(at=at))
-        elif ending == "queued":
-            out.append(ev.message_queued(f"m{turn}", f"note {turn}", at=at))
-        elif ending == "alert":
-            out.append(ev.alert_raised(turn, "failing", failures=2, reason="x", detail="y", at=at))
+        out += _operator(ending, turn, minute)
         if ending == "delivered":
             out.append(ev.delivery_started(turn, f"{turn}/out", "out", 1, at=at))
             out.append(ev.delivery_done(turn, f"{turn}/out", "out", 1, at=at))
@@ -126,6 +132,20 @@ def events_of(plans: list[Plan], *, last_open: bool = False) -> list[dict[str, A
         out.append(ev.turn_started(turn, "cut off", job="j", trigger="schedule", at=_at(minute)))
         out.append(ev.delta(turn, "half ", at=_at(minute)))
     return out
+
+
+def _operator(ending: str, turn: int, minute: int) -> list[dict[str, Any]]:
+    """What an operator (or the alerting) journals after a turn, for ``ending``."""
+    at = _at(minute)
+    if ending == "paused":
+        return [ev.job_paused(by="operator", until=_at(minute + 60), detail="x", at=at)]
+    if ending == "resumed":
+        return [ev.job_resumed(at=at)]
+    if ending == "queued":
+        return [ev.message_queued(f"m{turn}", f"note {turn}", at=at)]
+    if ending == "alert":
+        return [ev.alert_raised(turn, "failing", failures=2, reason="x", detail="y", at=at)]
+    return []
 
 
 def write_journal(directory: Path, name: str, events: list[dict[str, Any]]) -> Path:
@@ -170,7 +190,7 @@ def start_up(directory: Path, ckpts: Path, name: str) -> tuple[Conversation, Job
 
 
 PLANS = [
-    ("completed", 3, 2),
+    ("completed", 4, 2),
     ("queued", 0, 1),
     ("alert", 0, 1),
     ("paused", 0, 0),
@@ -222,7 +242,7 @@ def test_every_field_that_holds_a_dataclass_is_rebuilt_as_one() -> None:
 def test_a_dict_from_another_fold_is_refused() -> None:
     state, ledger = fold(events_of(PLANS))
     with pytest.raises(ValueError, match="fields differ"):
-        ConversationState.from_dict({**state.to_dict(), "compactions": 3})
+        ConversationState.from_dict({**state.to_dict(), "a_later_field": 3})
     with pytest.raises(ValueError, match="fields differ"):
         JobLedger.from_dict({k: v for k, v in ledger.to_dict().items() if k != "failures"})
 
