@@ -275,7 +275,8 @@ def test_unknown_top_level_key_suggests_the_right_one(tmp_path: Path) -> None:
     problem = only_problem(write(tmp_path, "[[heartbeats]]\nname = 'x'\n"))
     assert problem.key == "heartbeats"
     assert problem.message == (
-        "unknown key 'heartbeats'; did you mean 'heartbeat'? (known keys: daemon, heartbeat)"
+        "unknown key 'heartbeats'; did you mean 'heartbeat'? "
+        "(known keys: daemon, heartbeat, cluster)"
     )
 
 

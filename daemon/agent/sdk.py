@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from daemon import events as ev
 from daemon.agent.store import JournalSessionStore
@@ -217,10 +217,21 @@ def context_tokens_of(message: object) -> int | None:
     return sum(n or 0 for n in counts)
 
 
+class TranscriptStore(Protocol):
+    """The SDK's ``SessionStore`` as vigil implements it (files, or PostgreSQL), plus
+    the write failure the SDK swallowed for a session, if any."""
+
+    def take_failure(self, session_id: str) -> Exception | None: ...
+
+    def load_whole_next(self, session_id: str) -> None:
+        """The next ``load`` of ``session_id`` returns the whole transcript (a resume
+        cut at an entry that may lie before the last compaction)."""
+
+
 class AgentSession:
     """One conversation's SDK client. Use from one task at a time."""
 
-    def __init__(self, spec: AgentSpec, store: JournalSessionStore) -> None:
+    def __init__(self, spec: AgentSpec, store: TranscriptStore) -> None:
         self.spec = spec
         self.store = store
         self._client: ClaudeSDKClient | None = None
@@ -258,6 +269,9 @@ class AgentSession:
         if plan.resume and plan.resume_at:
             self.store.load_whole_next(plan.session_id)  # the cut may lie before a compaction
         client = ClaudeSDKClient(options)
+        # Known before the CLI starts: a transcript store fenced per conversation
+        # (PostgreSQL) asks which conversation a session's first writes belong to.
+        self.session_id = plan.session_id
         try:
             await client.connect()
         except Exception as exc:  # the SDK raises several types here; all mean "no client"

@@ -24,6 +24,19 @@ from daemon.ops.reencrypt import rotate_and_reencrypt
 
 def cmd_export(config: Config, name: str, out: TextIO | None = None) -> int:
     stream = out or sys.stdout
+    if config.cluster is not None:  # the events live in PostgreSQL
+        from daemon.ops.cluster import ClusterReader  # noqa: PLC0415  # imports psycopg
+
+        with ClusterReader(config, keyring_of(config)) as reader:
+            reader.check_exists(name)
+            if stream.isatty():
+                print(
+                    "vigil: warning: writing decrypted conversation text to the terminal",
+                    file=sys.stderr,
+                )
+            reader.export(name, stream, json.JSONEncoder(ensure_ascii=False).encode)
+        stream.flush()
+        return 0
     directory = layout_of(config).conversations
     path = journal_path(directory, name)
     if not path.exists():

@@ -98,7 +98,46 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "beat":
         return cmd_beat(layout, args.name, as_json=args.json)
     keyring = Keyring.load(resolve_key_path(config.daemon.key_file))
+    if config.cluster is not None:
+        return cmd_cluster_tail(
+            config, keyring, args.name, args.lines, follow=args.follow, as_json=args.json
+        )
     return cmd_tail(config, keyring, args.name, args.lines, follow=args.follow, as_json=args.json)
+
+
+def cmd_cluster_tail(
+    config: Config, keyring: Keyring, name: str, lines: int, *, follow: bool, as_json: bool
+) -> int:
+    """``vigil tail`` on a cluster: the events from PostgreSQL, polled with ``-f``."""
+    from daemon.ops.cluster import ClusterReader  # noqa: PLC0415  # imports psycopg
+
+    def show(seq: int, event: Event) -> None:
+        _print_event(seq, event, as_json=as_json)
+
+    with ClusterReader(config, keyring) as reader:
+        try:
+            reader.tail(name, lines, show, follow=follow)
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+
+def _cluster_not_running(config: Config, reason: str, *, as_json: bool) -> int:
+    """``vigil status`` without a local node: the database's view of the cluster."""
+    from daemon.ops.cluster import ClusterReader, print_cluster_status  # noqa: PLC0415
+
+    keyring = Keyring.load(resolve_key_path(config.daemon.key_file))
+    try:
+        with ClusterReader(config, keyring) as reader:
+            cluster = reader.status()
+    except VigilError as exc:
+        cluster = {"database_error": str(exc)}
+    if as_json:
+        print(json.dumps({"running": False, "reason": reason, "cluster": cluster}))
+    else:
+        print(reason, file=sys.stderr)
+        print_cluster_status(cluster, sys.stdout)
+    return NOT_RUNNING
 
 
 def _call(layout: Layout, request: dict[str, Any]) -> dict[str, Any]:
@@ -116,6 +155,8 @@ def cmd_status(config: Config, layout: Layout, *, as_json: bool) -> int:
         answer = _call(layout, {"op": "status"})
     except NotRunning as exc:
         journals = conversation_names(layout.conversations)
+        if config.cluster is not None:  # a cluster: what the database says of it
+            return _cluster_not_running(config, str(exc), as_json=as_json)
         if as_json:
             print(json.dumps({"running": False, "reason": str(exc), "conversations": journals}))
         else:
@@ -139,22 +180,31 @@ def cmd_status(config: Config, layout: Layout, *, as_json: bool) -> int:
         print(_load_line(status["overload"]))
     print(f"mirror: {status.get('mirror', '?')}")
     for job in status["jobs"]:
-        last = job["last_outcome"] or "-"
-        if job["last_reason"]:
-            last += f" ({job['last_reason']})"
-        state = "running" if job["running"] else f"next {job['next_beat'] or '-'}"
-        line = f"  {job['name']:20} {state:40} last: {last:28} today ${job['spend_today_usd']:.4f}"
-        if job.get("paused"):
-            until = job.get("paused_until")
-            line += f"  paused ({job.get('paused_by')})" + (f" until {until}" if until else "")
-        if job.get("failure_streak"):
-            line += f"  {job['failure_streak']} failed in a row"
-        if job.get("queued_messages"):
-            line += f"  {job['queued_messages']} queued"
-        print(line)
+        print(_job_line(job))
         if job.get("context_tokens") is not None or job.get("compactions"):
             print(f"  {'':20} {_context_line(job)}")
+    if status.get("cluster"):
+        from daemon.ops.cluster import print_cluster_status  # noqa: PLC0415  # imports psycopg
+
+        print_cluster_status(status["cluster"], sys.stdout)
     return 0
+
+
+def _job_line(job: dict[str, Any]) -> str:
+    """One job of ``status``: next beat, last outcome, spend today, pause, streak."""
+    last = job["last_outcome"] or "-"
+    if job["last_reason"]:
+        last += f" ({job['last_reason']})"
+    state = "running" if job["running"] else f"next {job['next_beat'] or '-'}"
+    line = f"  {job['name']:20} {state:40} last: {last:28} today ${job['spend_today_usd']:.4f}"
+    if job.get("paused"):
+        until = job.get("paused_until")
+        line += f"  paused ({job.get('paused_by')})" + (f" until {until}" if until else "")
+    if job.get("failure_streak"):
+        line += f"  {job['failure_streak']} failed in a row"
+    if job.get("queued_messages"):
+        line += f"  {job['queued_messages']} queued"
+    return line
 
 
 def _context_line(job: dict[str, Any]) -> str:

@@ -227,7 +227,13 @@ def cmd_run(config_path: Path | None) -> int:
 
 def cmd_history(config_path: Path | None, name: str, *, as_json: bool) -> int:
     config, keyring = _load(config_path)
-    view = load_conversation(config, keyring, name)
+    if config.cluster is not None:  # the events live in PostgreSQL
+        from daemon.ops.cluster import ClusterReader  # noqa: PLC0415  # imports psycopg
+
+        with ClusterReader(config, keyring) as reader:
+            view = reader.conversation(name)
+    else:
+        view = load_conversation(config, keyring, name)
     if as_json:
         json.dump([t.as_json() for t in view.turns], sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")

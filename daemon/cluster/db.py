@@ -9,6 +9,12 @@ may see (``postgresql://user@host:port/db``); :meth:`Database.describe` turns a 
 error into ``(code, detail)`` with the password scrubbed. Nothing in this package puts
 a DSN itself into a log line or an error.
 
+Timeouts: ``connect_timeout`` bounds opening a connection and ``statement_timeout_ms``
+(when set) every statement, server-side: the runtime's connections set both, so a
+hung PostgreSQL becomes a write error rather than a hung daemon. A server that is
+frozen (SIGSTOP) cannot enforce its own timeout: only the keepalives below notice it,
+and only when the network stops acknowledging.
+
 Durability knob: ``synchronous_commit=False`` opens the session with
 ``synchronous_commit = off``: a commit returns once it is in PostgreSQL's WAL buffers
 (visible to every reader at once), and is on disk within ``3 x wal_writer_delay``
@@ -69,6 +75,7 @@ class Database:
         application_name: str = "vigil",
         connect_timeout: int = 5,
         synchronous_commit: bool = True,
+        statement_timeout_ms: int | None = None,
     ) -> None:
         self._dsn = dsn
         self._secret = _password(dsn)
@@ -76,6 +83,7 @@ class Database:
         self.application_name = application_name
         self.connect_timeout = connect_timeout
         self.synchronous_commit = synchronous_commit
+        self.statement_timeout_ms = statement_timeout_ms
         self._conn: Connection | None = None
         self.connects = 0  # how many connections were opened (tests, status)
 
@@ -92,7 +100,16 @@ class Database:
         if conn is not None and not conn.closed and not conn.broken:
             return conn
         self.discard()
-        options = "" if self.synchronous_commit else "-c synchronous_commit=off"
+        settings = [] if self.synchronous_commit else ["-c synchronous_commit=off"]
+        if self.statement_timeout_ms is not None:
+            # A statement PostgreSQL cannot finish in time (a lock never granted, an
+            # overloaded server) fails instead of blocking the daemon's event loop; a
+            # client frozen inside a transaction (SIGSTOP) loses its session, and so
+            # the row locks it held, after as long.
+            timeout = int(self.statement_timeout_ms)
+            settings.append(f"-c statement_timeout={timeout}")
+            settings.append(f"-c idle_in_transaction_session_timeout={timeout}")
+        options = " ".join(settings)
         # Keepalives: notice a dead server or link in about 15 s, not the kernel's 2 hours.
         self._conn = psycopg.connect(
             self._dsn,

@@ -294,12 +294,14 @@ class PgEventLogStore:
         leases: Leases,
         *,
         fsync: FsyncPolicy = FsyncPolicy.TURN,
+        statement_timeout_ms: int | None = None,
     ) -> PgEventLogStore:
         """A store on a connection of its own, set up for ``fsync``."""
         db = Database(
             dsn,
             application_name=f"vigil {leases.node} events",
             synchronous_commit=fsync is FsyncPolicy.ALWAYS,
+            statement_timeout_ms=statement_timeout_ms,
         )
         return cls(db, keyring, leases, fsync=fsync)
 
@@ -361,10 +363,16 @@ class PgEventLogStore:
         return frame.payload
 
     def _query(self, sql: LiteralString, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
-        try:
-            cur = self.db.connection().execute(sql, params)
-            return cur.fetchall() if cur.description is not None else []
-        except psycopg.Error as exc:
-            if self.db.lost(exc):
-                self.db.discard()
-            raise self.db.unavailable(exc) from None
+        """A read (or an idempotent insert): once more on a fresh connection when the
+        connection was lost (PostgreSQL restarted), then ``DatabaseUnavailable``."""
+        for attempt in (1, 2):
+            try:
+                cur = self.db.connection().execute(sql, params)
+                return cur.fetchall() if cur.description is not None else []
+            except psycopg.Error as exc:
+                lost = self.db.lost(exc)
+                if lost:
+                    self.db.discard()
+                if not lost or attempt == 2:
+                    raise self.db.unavailable(exc) from None
+        raise AssertionError("unreachable")

@@ -195,6 +195,10 @@ class PgTranscriptStore:
 
     # --- vigil's own queries -------------------------------------------------------------
 
+    def load_whole_next(self, session_id: str) -> None:
+        """Every ``load`` returns the whole transcript here (no resume view yet)."""
+        del session_id
+
     def take_failure(self, session_id: str) -> Failure | None:
         """The first write for ``session_id`` that failed since the last call, if any
         (the SDK swallows them: a transcript that could not be stored fails the turn)."""
@@ -375,9 +379,16 @@ class PgTranscriptStore:
         return f"{self.db.where} transcripts/{digest}"
 
     def _query(self, sql: LiteralString, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
-        try:
-            return self.db.connection().execute(sql, params).fetchall()
-        except psycopg.Error as exc:
-            if self.db.lost(exc):
-                self.db.discard()
-            raise self.db.unavailable(exc) from None
+        """A read: once more on a fresh connection when the connection was lost
+        (PostgreSQL restarted), then ``DatabaseUnavailable``."""
+        for attempt in (1, 2):
+            try:
+                return self.db.connection().execute(sql, params).fetchall()
+            except psycopg.Error as exc:
+                lost = self.db.lost(exc)
+                if lost:
+                    self.db.discard()
+                    self._caches.clear()
+                if not lost or attempt == 2:
+                    raise self.db.unavailable(exc) from None
+        raise AssertionError("unreachable")

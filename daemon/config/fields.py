@@ -99,6 +99,9 @@ def _note(value: object) -> str:
 def _directory(value: object, info: ValidationInfo) -> Path:
     path = _path(value, info)
     if not path.exists():
+        context = info.context
+        if isinstance(context, Mapping) and context.get("cwd_may_be_absent"):
+            return path  # a cluster: only nodes where it exists take the job
         raise _fail(f"directory {path} does not exist{_note(value)}")
     if not path.is_dir():
         raise _fail(f"{path} is not a directory{_note(value)}")

@@ -17,6 +17,7 @@ from pydantic import (
     ValidationError,
 )
 
+from daemon.config.cluster import ClusterConfig
 from daemon.config.fields import DEFAULT_CONFIG_PATH, JOB_NAME_PATTERN, _describe, _read_text
 from daemon.config.model import (
     Config,
@@ -43,7 +44,11 @@ _TYPE_NAMES = {
 
 
 def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
-    shapes: dict[tuple[str | int, ...], type[BaseModel]] = {(): Config, ("daemon",): DaemonConfig}
+    shapes: dict[tuple[str | int, ...], type[BaseModel]] = {
+        (): Config,
+        ("daemon",): DaemonConfig,
+        ("cluster",): ClusterConfig,
+    }
     if len(loc) == 2 and loc[0] == "heartbeat" and isinstance(loc[1], int):
         return HeartbeatConfig
     if len(loc) == 4 and loc[0] == "heartbeat" and loc[2] == "sink" and isinstance(loc[3], int):
@@ -183,7 +188,12 @@ def config_from_dict(data: Mapping[str, Any], *, base_dir: Path, source: Path) -
     ``source`` only names the file in a :class:`ConfigError`.
     """
     try:
-        return Config.model_validate(data, context={"base_dir": base_dir.absolute()})
+        context = {
+            "base_dir": base_dir.absolute(),
+            # In a cluster a job's cwd may exist on some nodes only: those take it.
+            "cwd_may_be_absent": isinstance(data.get("cluster"), Mapping),
+        }
+        return Config.model_validate(data, context=context)
     except ValidationError as exc:
         raise ConfigError(source, _problems(exc, data)) from None
 

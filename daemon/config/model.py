@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from daemon.config.cluster import ClusterConfig
 from daemon.config.cron import _cron
 from daemon.config.fields import (
     _MODEL_CONFIG,
@@ -356,6 +357,8 @@ class Config(BaseModel):
 
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     heartbeats: list[HeartbeatConfig] = Field(default_factory=list, alias="heartbeat")
+    # Several nodes sharing one PostgreSQL (daemon.config.cluster); None: one node, files.
+    cluster: ClusterConfig | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

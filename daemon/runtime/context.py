@@ -20,7 +20,7 @@ from structlog.typing import FilteringBoundLogger
 
 from daemon.agent.pool import ClientPool
 from daemon.config.model import Config
-from daemon.errors import JournalFatalError, JournalWriteError, VigilError
+from daemon.errors import JournalFatalError, JournalWriteError, OwnershipLost, VigilError
 from daemon.events import Event
 from daemon.journal.keyring import Keyring
 from daemon.layout import Layout
@@ -79,6 +79,8 @@ class Health:
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     fatal: VigilError | None = None
     degraded: str | None = None
+    # A cluster node retires a conversation another node took over (daemon.runtime.cluster).
+    on_lost: Callable[[str, OwnershipLost], None] | None = None
 
     def die(self, exc: JournalFatalError) -> None:
         self.fatal = exc
@@ -88,6 +90,14 @@ class Health:
         self.degraded = str(exc)
         self.log.error("journal_write_failed", job=name, error=str(exc))
         self.notifier.notify("STATUS=degraded: " + str(exc))
+
+    def lose(self, name: str, exc: OwnershipLost) -> None:
+        """Another node owns ``name`` now (cluster backends): this node stops driving it,
+        writes and delivers nothing more for it; the daemon itself carries on."""
+        if self.on_lost is not None:
+            self.on_lost(name, exc)
+        else:
+            self.log.warning("ownership_lost", job=name, error=str(exc))
 
     @property
     def healthy(self) -> bool:

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from daemon.agent.pool import LeaseTimeout
-from daemon.errors import JournalFatalError, JournalWriteError
+from daemon.errors import JournalFatalError, JournalWriteError, OwnershipLost
 from daemon.events import Trigger
 from daemon.runtime.beats import BeatResult
 from daemon.runtime.context import Runtime
@@ -63,8 +63,8 @@ class Dispatcher:
         """A beat came due: run it, or journal why not. Returns whether it runs."""
         rt = self.rt
         job = rt.jobs.get(name)
-        if job is None or job.retired or rt.draining:
-            return False
+        if job is None or job.retired or job.handing_over or rt.draining:
+            return False  # (handed over: the next owner runs the beats it missed)
         try:
             blocked = self.blocked(job)
             if blocked is not None:
@@ -85,8 +85,11 @@ class Dispatcher:
         except JournalFatalError as exc:
             rt.health.die(exc)
             return False
-        except JournalWriteError as exc:
-            rt.health.degrade(name, exc)
+        except (JournalWriteError, OwnershipLost) as exc:
+            if isinstance(exc, OwnershipLost):
+                rt.health.lose(name, exc)
+            else:
+                rt.health.degrade(name, exc)
             return False
         # Messages queued with `vigil send --next-beat` join this beat's prompt; its
         # turn_started names them, which consumes them.
@@ -163,6 +166,9 @@ class Dispatcher:
         except JournalWriteError as exc:
             rt.health.degrade(job.name, exc)
             await runner.agent.disconnect()
+            return
+        except OwnershipLost as exc:  # another node took the conversation over
+            rt.health.lose(job.name, exc)
             return
         if rt.health.degraded is not None:
             rt.health.degraded = None
@@ -244,6 +250,8 @@ class Dispatcher:
             rt.health.die(exc)
         except JournalWriteError as exc:
             rt.health.degrade(job.name, exc)
+        except OwnershipLost as exc:  # fenced before the send: the new owner settles it
+            rt.health.lose(job.name, exc)
 
     def _show_reply(self, reply: Reply) -> None:
         self.rt.log.info(

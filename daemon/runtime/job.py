@@ -47,6 +47,7 @@ class Job:
     ledger: JobLedger
     retired: bool = False
     reconnect_after_turn: bool = False  # agent settings changed while a turn ran
+    handing_over: bool = False  # a cluster node gives it away: no new beat starts here
     interval: timedelta | None = None  # the interval scheduled now (idle backoff)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 

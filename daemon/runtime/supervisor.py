@@ -16,15 +16,15 @@ import asyncio
 import faulthandler
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from daemon.agent.pool import ClientPool
-from daemon.agent.sdk import AgentSession, start_sdk_import
+from daemon.agent.sdk import AgentSession, TranscriptStore, start_sdk_import
 from daemon.agent.store import JournalSessionStore
 from daemon.config.model import Config
-from daemon.errors import DirectoryError
+from daemon.errors import DirectoryError, VigilError
 from daemon.journal.file import FsyncPolicy
 from daemon.journal.keyring import Keyring
 from daemon.journal.lock import StateLock
@@ -34,8 +34,9 @@ from daemon.logs import get_logger
 from daemon.mirror.live import LiveMirror
 from daemon.ports.agent import AgentDriver, AgentSpec
 from daemon.ports.clock import Clock, SystemClock
+from daemon.ports.eventlog import EventLogStore
 from daemon.runtime.alerts import Alerts
-from daemon.runtime.context import AgentFactory, Health, Runtime
+from daemon.runtime.context import AgentFactory, Health, MirrorSink, Runtime, TranscriptIndex
 from daemon.runtime.control import SOCKET_NAME, ControlServer
 from daemon.runtime.dispatch import Dispatcher
 from daemon.runtime.metrics import Metrics
@@ -81,6 +82,7 @@ class Supervisor:
         self._lock = StateLock(self.layout.state_dir)
         self._scheduler = BeatScheduler(self._on_due)
         self.rt: Runtime | None = None
+        self.status_extra: Callable[[], dict[str, Any]] | None = None  # a cluster node's
 
     @property
     def stop_requested(self) -> asyncio.Event:
@@ -117,11 +119,30 @@ class Supervisor:
         transcripts = JournalSessionStore(
             layout.transcripts, self.keyring, fsync=self.fsync, resume_view=True
         )
+        self.mirror = LiveMirror(daemon_cfg.mirror_file, layout.conversations, self.keyring)
+        return self.assemble(
+            logs=FileEventLogStore(layout.conversations, self.keyring, fsync=self.fsync),
+            transcripts=transcripts,
+            # The mirror is derived: rebuilt from the journals at every start, in the
+            # background once READY is out (purge and replay, never patch).
+            mirror=self.mirror,
+            store=transcripts,
+        )
+
+    def assemble(
+        self,
+        *,
+        logs: EventLogStore,
+        transcripts: TranscriptIndex,
+        mirror: MirrorSink,
+        store: TranscriptStore,
+    ) -> Runtime:
+        """The runtime and its parts over the given stores (files, or a cluster's)."""
+        layout, daemon_cfg = self.layout, self.config.daemon
 
         def sdk_agent(spec: AgentSpec) -> AgentDriver:
-            return AgentSession(spec, transcripts)
+            return AgentSession(spec, store)
 
-        self.mirror = LiveMirror(daemon_cfg.mirror_file, layout.conversations, self.keyring)
         rt = Runtime(
             config=self.config,
             config_path=self.config_path,
@@ -136,11 +157,9 @@ class Supervisor:
                 idle_timeout=daemon_cfg.client_idle_timeout.total_seconds(),
                 clock=self.clock,
             ),
-            logs=FileEventLogStore(layout.conversations, self.keyring, fsync=self.fsync),
+            logs=logs,
             transcripts=transcripts,
-            # The mirror is derived: rebuilt from the journals at every start, in the
-            # background once READY is out (purge and replay, never patch).
-            mirror=self.mirror,
+            mirror=mirror,
             make_agent=self._make_agent or sdk_agent,
             schedule=self._scheduler,
             spec_env=layout.cli_env(self.environ, max_retries=daemon_cfg.model_max_retries),
@@ -167,6 +186,11 @@ class Supervisor:
         self.layout.adopt_tmpdir()
         for leftover in self.layout.remove_resume_leftovers():
             self.log.info("removed_resume_leftover", path=str(leftover))
+        if self.config.cluster is not None:
+            # Several nodes on one PostgreSQL; psycopg is only imported here.
+            from daemon.runtime.cluster.run import ClusterRun  # noqa: PLC0415
+
+            return await ClusterRun(self, self.config.cluster).run()
         rt = self.rt = self._wire()
         mirror = self.mirror
         replays = self.recovery.recover()
@@ -268,7 +292,10 @@ class Supervisor:
     def status_snapshot(self) -> dict[str, Any]:
         if self.rt is None:
             return {"pid": os.getpid(), "status": "starting", "jobs": []}
-        return status_snapshot(self.rt)
+        snapshot = status_snapshot(self.rt)
+        if self.status_extra is not None:
+            snapshot["cluster"] = self.status_extra()
+        return snapshot
 
     def request_beat(self, name: str) -> tuple[bool, str]:
         if self.rt is None:
@@ -322,6 +349,9 @@ class Supervisor:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-        for job in rt.jobs.values():
+        for job in list(rt.jobs.values()):
             await job.runner.agent.disconnect()
-            job.runner.conversation.close()
+            try:
+                job.runner.conversation.close()
+            except VigilError as exc:  # e.g. the database is gone: the next start heals
+                self.log.error("conversation_close_failed", job=job.name, error=str(exc))
