@@ -4,6 +4,7 @@ State (persistent, encrypted only)::
 
     state_dir/conversations/<job>.jsonl   one journal per conversation
     state_dir/transcripts/<digest>.jsonl  the CLI's transcripts, via JournalSessionStore
+    state_dir/checkpoints/<job>.ckpt      start-up checkpoints (sealed, derived)
     state_dir/.vigil.lock                 one daemon per state directory
 
 Runtime (tmpfs under systemd; may vanish at reboot)::
@@ -41,6 +42,10 @@ class Layout:
         return self.state_dir / "transcripts"
 
     @property
+    def checkpoints(self) -> Path:
+        return self.state_dir / "checkpoints"
+
+    @property
     def claude_config(self) -> Path:
         return self.runtime_dir / "claude"
 
@@ -58,6 +63,7 @@ class Layout:
             self.state_dir,
             self.conversations,
             self.transcripts,
+            self.checkpoints,
             self.runtime_dir,
             self.claude_config,
             self.tmp,

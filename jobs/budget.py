@@ -74,6 +74,26 @@ class SpendLedger:
         first = self._first_turn
         return turn is not None and first is not None and first <= turn <= self._last_turn
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (instants as ISO 8601 with their offset); :meth:`from_dict` inverts it."""
+        return {
+            "costs": self._costs.to_dict(),
+            "steps": [[when.isoformat(), cost] for when, cost in self._steps],
+            "first_turn": self._first_turn,
+            "last_turn": self._last_turn,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SpendLedger:
+        """Raises ``ValueError`` (or ``KeyError``/``TypeError``) for anything else."""
+        first, last = data["first_turn"], data["last_turn"]
+        if not (first is None or type(first) is int) or type(last) is not int:
+            raise ValueError("spend ledger: turns are not numbers")
+        steps = [(datetime.fromisoformat(when), float(cost)) for when, cost in data["steps"]]
+        if any(when.tzinfo is None for when, _ in steps):
+            raise ValueError("spend ledger: an instant without its offset")
+        return cls(CostSteps.from_dict(data["costs"]), steps, first, last)
+
     def spent_on(self, day: date, zone: tzinfo) -> float:
         """Total cost of the turns whose result was journaled on ``day`` in ``zone``."""
         total = 0.0

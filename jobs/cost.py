@@ -62,3 +62,15 @@ class CostSteps:
         step = round(max(0.0, total - self.totals.get(session, 0.0)), _PLACES)
         self.totals[session] = total
         return step
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"totals": dict(self.totals)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CostSteps:
+        totals = data["totals"]
+        if not isinstance(totals, dict) or not all(
+            isinstance(k, str) and money(v) is not None for k, v in totals.items()
+        ):
+            raise ValueError("cost totals: not a map of session to amount")
+        return cls({k: float(v) for k, v in totals.items()})

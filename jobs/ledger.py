@@ -15,7 +15,7 @@ It reads the raw event dicts (``type``, ``at``, ...) of vigil's journal schema.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any, Literal
 
@@ -29,6 +29,19 @@ __all__ = ["Failure", "JobLedger", "OpenDelivery", "QueuedMessage"]
 def _when(event: Mapping[str, Any]) -> datetime | None:
     at = event.get("at")
     return parse_at(at) if isinstance(at, str) and at else None
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
+
+
+def _from_iso(text: object) -> datetime | None:
+    if text is None:
+        return None
+    when = datetime.fromisoformat(str(text))
+    if when.tzinfo is None:
+        raise ValueError("job ledger: an instant without its offset")
+    return when
 
 
 @dataclass(frozen=True)
@@ -155,6 +168,76 @@ class JobLedger:
         pause = self.pause
         return pause if pause is not None and pause.active(now) else None
 
+    # --- a plain-dict form, for start-up checkpoints (daemon.journal.checkpoint) ------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; :meth:`from_dict` inverts it exactly."""
+        pause = self.pause
+        return {
+            "spend": self.spend.to_dict(),
+            "quiet_streak": self.quiet_streak,
+            "last_due_at": _iso(self.last_due_at),
+            "last_started_at": _iso(self.last_started_at),
+            "open_deliveries": [
+                [d.delivery, d.turn, d.sink, d.attempt, d.state]
+                for d in self.open_deliveries.values()
+            ],
+            "last_turn": self.last_turn,
+            "last_outcome": self.last_outcome,
+            "last_reason": self.last_reason,
+            "failures": self.failures,
+            "last_failure_reason": self.last_failure_reason,
+            "failure_streak": self.failure_streak,
+            "ended_streak": self.ended_streak,
+            "last_failure": None if self.last_failure is None else asdict(self.last_failure),
+            "last_completed_at": _iso(self.last_completed_at),
+            "alerting": self.alerting,
+            "pause": None
+            if pause is None
+            else [_iso(pause.since), _iso(pause.until), pause.by, pause.detail],
+            "queued": [asdict(m) for m in self.queued.values()],  # in journal order
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobLedger:
+        """Raises ``ValueError`` (or ``KeyError``/``TypeError``) for anything but what
+        :meth:`to_dict` writes; every key must be there, and no other."""
+        if set(data) != _LEDGER_KEYS:
+            raise ValueError(f"job ledger fields differ: {sorted(set(data) ^ _LEDGER_KEYS)}")
+        deliveries: dict[str, OpenDelivery] = {}
+        for delivery, turn, sink, attempt, state in data["open_deliveries"]:
+            if state not in ("started", "retry_pending"):
+                raise ValueError(f"job ledger: delivery state {state!r}")
+            deliveries[str(delivery)] = OpenDelivery(
+                str(delivery), int(turn), str(sink), int(attempt), state
+            )
+        reason, failure, pause = data["last_failure_reason"], data["last_failure"], data["pause"]
+        since = None if pause is None else _from_iso(pause[0])
+        if pause is not None and since is None:
+            raise ValueError("job ledger: a pause without its start")
+        messages = [QueuedMessage(**m) for m in data["queued"]]
+        return cls(
+            spend=SpendLedger.from_dict(data["spend"]),
+            quiet_streak=int(data["quiet_streak"]),
+            last_due_at=_from_iso(data["last_due_at"]),
+            last_started_at=_from_iso(data["last_started_at"]),
+            open_deliveries=deliveries,
+            last_turn=None if data["last_turn"] is None else int(data["last_turn"]),
+            last_outcome=None if data["last_outcome"] is None else str(data["last_outcome"]),
+            last_reason=None if data["last_reason"] is None else str(data["last_reason"]),
+            failures=int(data["failures"]),
+            last_failure_reason=None if reason is None else str(reason),
+            failure_streak=int(data["failure_streak"]),
+            ended_streak=int(data["ended_streak"]),
+            last_failure=None if failure is None else Failure(**failure),
+            last_completed_at=_from_iso(data["last_completed_at"]),
+            alerting=bool(data["alerting"]),
+            pause=None
+            if pause is None or since is None
+            else Pause(since, _from_iso(pause[1]), str(pause[2]), str(pause[3])),
+            queued={m.id: m for m in messages},
+        )
+
     def _delivery(self, kind: str, event: Mapping[str, Any]) -> None:
         delivery = str(event.get("delivery", ""))
         if kind in ("delivery_done", "delivery_unknown"):
@@ -178,3 +261,6 @@ class JobLedger:
                 self.open_deliveries[delivery] = OpenDelivery(
                     entry.delivery, entry.turn, entry.sink, entry.attempt, "retry_pending"
                 )
+
+
+_LEDGER_KEYS = frozenset(f.name for f in fields(JobLedger))

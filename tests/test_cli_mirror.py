@@ -222,7 +222,7 @@ def test_rebuild_summary_line_and_progress_bar_on_a_terminal(setup: tuple[Path, 
     assert plain.stderr == ""
     assert plain.stdout.startswith("rebuilt ")
     assert ": 24 records, 2 conversations in " in plain.stdout
-    assert plain.stdout.rstrip().endswith("records/s)")
+    assert plain.stdout.rstrip().endswith("records/s); 2 start-up checkpoints rewritten")
     leader, follower = pty.openpty()
     with subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=follower) as child:
         os.close(follower)

@@ -299,7 +299,7 @@ def test_unknown_key_without_close_match_lists_known_keys(tmp_path: Path) -> Non
     assert problem.message == (
         "unknown key 'colour' (known keys: state_dir, runtime_dir, key_file, fsync, "
         "log_format, log_content, turn_timeout, drain_grace, model_max_retries, mirror_path, "
-        "max_live_clients, max_concurrent_turns, client_idle_timeout, metrics)"
+        "max_live_clients, max_concurrent_turns, client_idle_timeout, metrics, checkpoint_every)"
     )
 
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -38,9 +39,33 @@ if TYPE_CHECKING:
 
 
 def preload_sdk() -> None:
-    """Import the SDK now: the daemon does it during recovery (on a thread, while its
-    workers read the journals), so no beat stalls the event loop with the import."""
+    """Import the SDK now (see :func:`start_sdk_import`)."""
     import claude_agent_sdk  # noqa: F401, PLC0415
+
+
+_importing: threading.Thread | None = None
+
+
+def start_sdk_import() -> None:
+    """Import the SDK on a thread (once): the daemon starts it while its workers read
+    the journals, or else once READY is out; a connect waits for it
+    (:func:`sdk_imported`), so no beat stalls the event loop with the import."""
+    global _importing  # noqa: PLW0603  # one import per process
+    if _importing is None:
+        _importing = threading.Thread(target=preload_sdk, name="preload-sdk", daemon=True)
+        _importing.start()
+
+
+def join_sdk_import() -> None:
+    """Block until an import :func:`start_sdk_import` started is done."""
+    if _importing is not None:
+        _importing.join()
+
+
+async def sdk_imported() -> None:
+    """Wait, without blocking the event loop, for the background import to finish."""
+    if _importing is not None and _importing.is_alive():
+        await asyncio.to_thread(_importing.join)
 
 
 DISCONNECT_S = 20.0  # longer than the SDK's own bounded close
@@ -237,6 +262,7 @@ class AgentSession:
         return _process_of(self._client)
 
     async def connect(self, plan: ConnectPlan) -> None:
+        await sdk_imported()
         from claude_agent_sdk import ClaudeSDKClient  # noqa: PLC0415
 
         options = self._options(plan)

@@ -30,9 +30,11 @@ from daemon.cli.journals import cmd_export, cmd_reencrypt
 from daemon.cli.site import check_owner, keyring_of, layout_of, print_json
 from daemon.config.load import default_config_path, load_config
 from daemon.config.model import Config
+from daemon.journal.logstore import conversation_names
 from daemon.mirror.db import Mirror
 from daemon.mirror.queries import ConversationSummary, Hit
 from daemon.mirror.rebuild import RebuildProgress, RebuildStats, rebuild
+from daemon.ops.checkpoints import rewrite_checkpoints
 from daemon.ops.history import tokens_short
 from daemon.ops.verify import verify
 from daemon.trust import own_file
@@ -53,7 +55,8 @@ def add_commands(
         description="Deletes the mirror's rows (all, or one conversation's) and replays them "
         "from the encrypted journals: a progress bar on a terminal, one summary line "
         "otherwise. Safe while the daemon runs: all conversations are replaced in one "
-        "transaction (the daemon's updates wait for it); one conversation in its own.",
+        "transaction (the daemon's updates wait for it); one conversation in its own. "
+        "Then rewrites the start-up checkpoints (state_dir/checkpoints) from a full read.",
     )
     p.add_argument("name", nargs="?", type=job_name, help="only this conversation")
     p.add_argument(
@@ -167,12 +170,17 @@ def cmd_rebuild(config: Config, name: str | None, workers: int | None, *, as_jso
             )
     finally:
         mirror.close()
+    # The start-up checkpoints are derived too: fresh ones from a full fold.
+    names = conversation_names(directory) if name is None else [name]
+    checkpoints = layout_of(config).checkpoints
+    rewritten = rewrite_checkpoints(directory, checkpoints, keyring, names, workers=workers)
     if as_json:
-        print_json({"mirror": str(path), **stats.as_json()})
+        print_json({"mirror": str(path), **stats.as_json(), "checkpoints": rewritten})
     else:
         print(
             f"rebuilt {path}: {stats.records} records, {stats.conversations} conversations "
-            f"in {stats.seconds:.2f} s ({stats.rate:,.0f} records/s)"
+            f"in {stats.seconds:.2f} s ({stats.rate:,.0f} records/s); "
+            f"{rewritten} start-up checkpoints rewritten"
         )
     return _first_error(stats)
 

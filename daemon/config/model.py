@@ -96,6 +96,9 @@ class DaemonConfig(BaseModel):
     ] = timedelta(minutes=5)
     # Prometheus metrics on a loopback address or a Unix socket; off when unset.
     metrics: Metrics | None = None
+    # Start-up checkpoints: a turn's end writes one once this many records were
+    # journaled since the last (0: only at shutdown and after a start's full read).
+    checkpoint_every: Annotated[int, Field(ge=0)] = 200
 
     @property
     def mirror_file(self) -> Path:

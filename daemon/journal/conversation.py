@@ -9,9 +9,9 @@ memory, so a thousand long conversations cost little.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from daemon import events as ev
 from daemon.events import Event, event_type
@@ -128,6 +128,39 @@ class ConversationState:
     def _cut(self, turn: OpenTurn | None, cause: str) -> None:
         if turn is not None:
             self.pending_cut = PendingCut(self.resume_at, turn.prompt_uuid, cause)
+
+    # --- a plain-dict form, for start-up checkpoints (daemon.journal.checkpoint) ------
+
+    # Fields that hold a dataclass: (field, its class), rebuilt by ``from_dict``.
+    NESTED: ClassVar[tuple[tuple[str, type[OpenTurn] | type[PendingCut]], ...]] = (
+        ("open_turn", OpenTurn),
+        ("interrupted", OpenTurn),
+        ("pending_cut", PendingCut),
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as JSON-ready values (the events' own values, turns as dicts)."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key, _ in self.NESTED:
+            if out[key] is not None:
+                out[key] = asdict(out[key])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConversationState:
+        """The inverse of :meth:`to_dict`; raises ``ValueError`` unless ``data`` holds
+        exactly this class's fields (one written by another version of the fold)."""
+        names = {f.name for f in fields(cls)}
+        if set(data) != names:
+            raise ValueError(f"conversation state fields differ: {sorted(set(data) ^ names)}")
+        values = dict(data)
+        try:
+            for key, kind in cls.NESTED:
+                if values[key] is not None:
+                    values[key] = kind(**values[key])
+            return cls(**values)
+        except TypeError as exc:  # not an object, or other fields than its class's
+            raise ValueError(f"conversation state: {exc}") from None
 
 
 class Conversation:

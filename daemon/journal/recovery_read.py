@@ -43,6 +43,8 @@ class Folded:
     size: int  # the file's size when read: the parent reopens only an unchanged file
     state: ConversationState = field(default_factory=ConversationState)
     ledger: JobLedger = field(default_factory=JobLedger)
+    # Folded from a checkpoint: how many records were read after it (None: all were).
+    after_checkpoint: int | None = None
 
 
 def fold_journal(path: Path, name: str, keyring: Keyring) -> Folded:

@@ -59,6 +59,8 @@ def scan(
     stream_id: str,
     keyring: Keyring,
     visit: Visitor | None = None,
+    *,
+    after: tuple[int, int] = (0, 0),
 ) -> ScanResult:
     """Authenticate every record of ``path`` in order, calling ``visit`` for each.
 
@@ -66,17 +68,20 @@ def scan(
     ``JournalCorruptError`` for damage followed by a good record or for a complete,
     authentic record out of sequence; ``JournalVersionError`` for a newer format;
     ``WrongKeyError`` when the keyring cannot decrypt the file at all. Reads only.
+    ``after`` = (byte offset, sequence): read on from there, the end of that record
+    (known good: a checkpoint's anchor); the result counts the records before it.
     """
-    last_seq = 0
-    offset = 0
-    good_end = 0
-    count = 0
-    last_payload = b""
+    offset, last_seq = after
+    good_end = offset
+    count = last_seq  # record n is on line n
+    # The last good record's payload, for the head commitment's digest.
+    last_payload = _payload_ending_at(path, stream_id, keyring, offset) if offset else b""
     first_bad: tuple[int, int, FrameError | None, str] | None = None
     damaged: list[tuple[int, bytes]] = []  # the lines from first_bad on
     forged: tuple[int, FrameError] | None = None  # the first complete line failing auth
     with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+        f.seek(offset)
+        for lineno, raw in enumerate(f, start=last_seq + 1):
             start, offset = offset, offset + len(raw)
             if not raw.endswith(b"\n"):
                 if first_bad is None:
@@ -172,3 +177,17 @@ def read_events(path: Path, stream_id: str, keyring: Keyring) -> Iterator[dict[s
     events: list[dict[str, Any]] = []
     scan(path, stream_id, keyring, lambda fr: events.append(decode_payload(fr.payload)))
     yield from events
+
+
+def _payload_ending_at(path: Path, stream_id: str, keyring: Keyring, end: int) -> bytes:
+    """The payload of the record whose line ends (newline included) at byte ``end``."""
+    with path.open("rb") as f:
+        size = 4096
+        while True:
+            start = max(0, end - size)
+            f.seek(start)
+            body = f.read(end - start)[:-1]  # without the record's own newline
+            cut = body.rfind(b"\n")
+            if cut >= 0 or start == 0:
+                return open_line(keyring, stream_id, body[cut + 1 :]).payload
+            size *= 4

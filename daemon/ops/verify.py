@@ -8,6 +8,10 @@ replayed at the same time into a fresh in-memory mirror, whose rows are compared
 with the live mirror's, row by row. While a daemon runs, each conversation is
 compared up to the last record the live mirror has applied (it may lag by a few
 records it has not flushed yet); with no daemon, the mirror must hold everything.
+
+Each start-up checkpoint is compared with the same read's fold of its journal up to
+the record it covers (:mod:`daemon.ops.checkpoints`); one that differs, does not match
+the journal or has no journal is a warning with its fix, not a failure: it is derived.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from daemon.mirror.database import MirrorError
 from daemon.mirror.db import Mirror, Sink
 from daemon.mirror.queries import DumpRow
 from daemon.mirror.schema import DUMP_COLUMNS
+from daemon.ops.checkpoints import CheckpointCheck, CheckpointProbe, orphan_checkpoints
 
 FindingKind = Literal[
     "torn_tail",
@@ -140,6 +145,8 @@ class VerifyReport:
     differences: list[MirrorDifference] = field(default_factory=list)
     differences_total: int = 0
     head_findings: list[JournalFinding] = field(default_factory=list)
+    # Start-up checkpoints compared with a full fold: derived, so warnings, not failures.
+    checkpoints: list[CheckpointCheck] = field(default_factory=list)
 
     @property
     def findings(self) -> list[JournalFinding]:
@@ -168,6 +175,7 @@ class VerifyReport:
                 "differences_total": self.differences_total,
                 "differences": [d.as_json() for d in self.differences],
             },
+            "checkpoints": [c.as_json() for c in self.checkpoints],
         }
 
     def render(self) -> str:
@@ -197,6 +205,16 @@ class VerifyReport:
             lines.append(f"  … and {self.differences_total - len(self.differences)} more")
         if self.differences_total or self.mirror_problem:
             lines.append("  fix: `vigil rebuild` (the mirror is derived; never patch it)")
+        warnings = [c for c in self.checkpoints if c.warning]
+        lines.append(
+            f"checkpoints: {len(self.checkpoints)}, "
+            + (
+                f"{len(warnings)} warnings (derived: not counted as damage)"
+                if warnings
+                else "all match"
+            )
+        )
+        lines += [f"  warning: {c.describe()}" for c in warnings]
         lines.append("OK" if self.ok else "FAILED")
         return "\n".join(lines) + "\n"
 
@@ -225,12 +243,20 @@ def verify(
             if live is not None:
                 live.db.close()
     rebuilt = Mirror.open(":memory:")
-    for name in conversation_names(layout.conversations):
+    names = conversation_names(layout.conversations)
+    for name in names:
         path = journal_path(layout.conversations, name)
         limit = None if upto is None else upto.get(name, 0)
+        probe = CheckpointProbe.open(layout.checkpoints, keyring, name)  # before the journal
         report.journals.append(
-            _check_conversation(rebuilt, path, name, keyring, limit, live=report.daemon_running)
+            _check_conversation(
+                rebuilt, path, name, keyring, limit, live=report.daemon_running, probe=probe
+            )
         )
+        checked = probe.result(path)
+        if checked is not None:
+            report.checkpoints.append(checked)
+    report.checkpoints += orphan_checkpoints(layout.checkpoints, names)
     for path in sorted(layout.transcripts.glob(f"*{JOURNAL_SUFFIX}")):
         stream = f"t:{path.name[: -len(JOURNAL_SUFFIX)]}"
         report.journals.append(check_journal(path, stream, keyring, live=report.daemon_running))
@@ -286,15 +312,27 @@ def head_findings(state_dir: Path, keyring: Keyring) -> list[JournalFinding]:
 
 
 def _check_conversation(
-    rebuilt: Mirror, path: Path, name: str, keyring: Keyring, limit: int | None, *, live: bool
+    rebuilt: Mirror,
+    path: Path,
+    name: str,
+    keyring: Keyring,
+    limit: int | None,
+    *,
+    live: bool,
+    probe: CheckpointProbe | None = None,
 ) -> JournalCheck:
-    """Authenticate one conversation journal while replaying it into ``rebuilt``."""
+    """Authenticate one conversation journal while replaying it into ``rebuilt`` (and
+    folding it for ``probe``, the checkpoint's comparison)."""
     result: list[JournalCheck] = []
 
     def feed(sink: Sink) -> None:
         def visit(fr: Any) -> None:
+            event = None
             if limit is None or fr.seq <= limit:
-                sink(fr.seq, decode_payload(fr.payload))
+                event = decode_payload(fr.payload)
+                sink(fr.seq, event)
+            if probe is not None and probe.wants(fr.seq):
+                probe.feed(fr.seq, event if event is not None else decode_payload(fr.payload))
 
         result.append(check_journal(path, name, keyring, visit, live=live))
 

@@ -13,10 +13,10 @@ the journal), which the beat runner reads with the same policy.
 
 from __future__ import annotations
 
-import threading
 import time
+from pathlib import Path
 
-from daemon.agent.sdk import preload_sdk
+from daemon.agent.sdk import join_sdk_import, start_sdk_import
 from daemon.config.model import HeartbeatConfig
 from daemon.errors import VigilError
 from daemon.events import Trigger
@@ -26,6 +26,7 @@ from daemon.journal.recovery_read import Folded, fold_all, worker_count
 from daemon.mirror.db import Mirror
 from daemon.mirror.rebuild import rebuild
 from daemon.runtime.beats import BeatRunner
+from daemon.runtime.checkpoints import Checkpointer, load_checkpoints
 from daemon.runtime.context import Runtime
 from daemon.runtime.job import Job, JournalDeliveryLog, agent_spec
 from jobs.delivery import settle_open
@@ -50,7 +51,11 @@ class Recovery:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.read_workers = 1
+        self.mirror_workers = 1
         self._last_extend = 0.0
+        self.checkpoints = Checkpointer(
+            rt.layout.checkpoints, rt.keyring, rt.log, every=rt.config.daemon.checkpoint_every
+        )
 
     def recover(self) -> dict[str, Replay]:
         """Open, heal and preflight every job's conversation; returns beats to rerun."""
@@ -72,13 +77,18 @@ class Recovery:
             for cfg in order
             if files is not None and files.exists(cfg.name)
         ]
-        self.read_workers = worker_count(path for path, _ in existing)
-        # The SDK's import (about a second) overlaps the workers' read; without
-        # workers it runs here. Either way it is done before READY, so no beat stalls
-        # the event loop importing it.
-        preload = threading.Thread(target=preload_sdk, name="preload-sdk", daemon=True)
+        # The mirror's rebuild after READY reads every journal; start-up only what its
+        # checkpoints do not cover.
+        self.mirror_workers = worker_count(path for path, _ in existing)
+        from_checkpoints = self._load_checkpoints(existing)
+        rest = [(path, name) for path, name in existing if name not in from_checkpoints]
+        self.read_workers = worker_count(path for path, _ in rest)
+        # The SDK's import (about a second) overlaps the workers' read, on a thread
+        # started once they are forked; without workers it starts once READY is out
+        # (the supervisor's start_sdk_import), and a beat's connect waits for it.
         try:
-            folded = fold_all(existing, rt.keyring, self.read_workers, meanwhile=preload.start)
+            folded = fold_all(rest, rt.keyring, self.read_workers, meanwhile=start_sdk_import)
+            folded.update(from_checkpoints)
             for job_cfg in order:
                 self._extend_start_timeout()
                 opened[job_cfg.name] = self.open_conversation(job_cfg, folded.get(job_cfg.name))
@@ -89,10 +99,7 @@ class Recovery:
                 conv.close()
             self.restore_mirror()
             raise
-        if preload.ident is None:
-            preload_sdk()
-        else:
-            preload.join()
+        join_sdk_import()  # when it overlapped the workers' read; else not started yet
         replays: dict[str, Replay] = {}
         for job_cfg in rt.config.heartbeats:
             self._extend_start_timeout()
@@ -111,6 +118,24 @@ class Recovery:
             seconds=round(time.monotonic() - started, 3),
         )
         return replays
+
+    def _load_checkpoints(self, existing: list[tuple[Path, str]]) -> dict[str, Folded]:
+        """The journals folded from their checkpoints (the rest are read in full)."""
+        rt = self.rt
+        started = time.monotonic()
+        folded, summary = load_checkpoints(existing, rt.keyring, rt.layout.checkpoints, rt.log)
+        for _, name in existing:  # a job a reload brings back: what was known is gone
+            self.checkpoints.covered.pop(name, None)
+        for name, one in folded.items():
+            self.checkpoints.covered[name] = one.scan.last_seq - (one.after_checkpoint or 0)
+        rt.log.info(
+            "checkpoints_read",
+            journals=len(existing),
+            read_in_full=len(existing) - summary.used,
+            seconds=round(time.monotonic() - started, 3),
+            **summary.as_log(),
+        )
+        return folded
 
     def _extend_start_timeout(self) -> None:
         if time.monotonic() - self._last_extend > EXTEND_EVERY_S:
@@ -136,19 +161,22 @@ class Recovery:
 
         Returns the beat to rerun at once (an interrupted turn), if any.
         """
-        conv, ledger = self.open_conversation(job_cfg, None)
+        conv, ledger = self.open_conversation(job_cfg, None, checkpoint=True)
         return self.register_job(job_cfg, conv, ledger)
 
     def open_conversation(
-        self, job_cfg: HeartbeatConfig, folded: Folded | None
+        self, job_cfg: HeartbeatConfig, folded: Folded | None, *, checkpoint: bool = False
     ) -> tuple[Conversation, JobLedger]:
         """Open one job's journal (cutting a torn tail), with its state and ledger:
-        from ``folded`` (read by a worker) without reading it again, else by reading it.
+        from ``folded`` (read by a worker, or from a checkpoint) without reading it
+        again; else, with ``checkpoint``, from its checkpoint; else by reading it.
 
         Creates the journal when there is none; journals nothing.
         """
         name = job_cfg.name
         logs = self.rt.logs
+        if checkpoint and isinstance(logs, FileEventLogStore) and logs.exists(name):
+            folded = self._load_checkpoints([(logs.path(name), name)]).get(name)
         ledger = JobLedger()
         conv: Conversation | None = None
         if folded is not None and isinstance(logs, FileEventLogStore):
@@ -222,7 +250,8 @@ class Recovery:
         )
         runner.quiet_rule = job_cfg.quiet_rule
         runner.on_interrupted = job_cfg.on_interrupted
-        rt.jobs[job_cfg.name] = Job(job_cfg, runner, ledger)
+        job = rt.jobs[job_cfg.name] = Job(job_cfg, runner, ledger)
+        self.checkpoints.attach(job)
         for key in settle_open(list(ledger.open_deliveries.values()), JournalDeliveryLog(conv)):
             log.warning("delivery_fenced", turn=key.turn, sink=key.sink)
         healed = conv.heal()

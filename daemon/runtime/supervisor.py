@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.agent.pool import ClientPool
-from daemon.agent.sdk import AgentSession, TranscriptStore
+from daemon.agent.sdk import AgentSession, TranscriptStore, start_sdk_import
 from daemon.agent.store import JournalSessionStore
 from daemon.config.model import Config
 from daemon.errors import DirectoryError, VigilError
@@ -231,9 +231,13 @@ class Supervisor:
         await control.start()
         metrics = await self._start_metrics()
         self.notifier.notify("READY=1\nSTATUS=" + status_line(rt))
+        start_sdk_import()  # unless the workers' read overlapped it; connects wait for it
         self.log.info("ready", jobs=sorted(rt.jobs), state_dir=str(self.layout.state_dir))
-        workers = self.recovery.read_workers
+        workers = self.recovery.mirror_workers
         mirroring = asyncio.create_task(mirror.build(workers), name="mirror")
+        # Checkpoints for the conversations start-up had to read in full (or far past
+        # their checkpoint), on the checkpoint thread: the next start reads less.
+        self.recovery.checkpoints.catch_up(rt.jobs.values())
         watchdog = self._start_watchdog()
         catch_ups = [
             n for n in list(rt.jobs) if self.scheduling.schedule_new(n, replaying=n in replays)
@@ -250,6 +254,8 @@ class Supervisor:
         reloader.cancel()
         reaper.cancel()
         await self._drain(rt)
+        # Every conversation is closed: a checkpoint of each one with new records.
+        await asyncio.to_thread(self.recovery.checkpoints.close, list(rt.jobs.values()))
         await mirroring  # a rebuild in progress finishes: the mirror is left complete
         flusher.cancel()
         await control.stop()
