@@ -91,7 +91,9 @@ def test_every_record_lands_sealed_and_reads_back_equal(pg_dsn: str, tmp_path: P
         assert pg.has_session(session)
     assert {s["session_id"] for s in asyncio.run(pg.list_sessions("-w"))} == set(sessions)
     with psycopg.connect(pg_dsn) as conn:
-        owners = dict(conn.execute("SELECT session, conversation FROM transcript_streams"))
+        owners: dict[str, str] = dict(
+            conn.execute("SELECT session, conversation FROM transcript_streams").fetchall()
+        )
     assert sorted(owners.values()) == ["digest", "inbox"]
 
 
