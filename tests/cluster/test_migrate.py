@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from claude_agent_sdk.types import SessionKey
 
 from daemon.agent.store import JournalSessionStore
+from daemon.cli.main import main
 from daemon.cluster.db import Database
 from daemon.cluster.eventlog import PgEventLogStore
 from daemon.cluster.leases import Leases
@@ -146,3 +148,52 @@ def test_a_running_single_node_stops_the_migration(pg_dsn: str, tmp_path: Path) 
         lock.release()
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
+
+
+def verify_json(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
+    code = main(["verify", "--config", str(config), "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_verify_authenticates_every_record_in_the_database(
+    pg_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, keyring = site(tmp_path, pg_dsn)
+    report = migrate_site(config, keyring, environ={})
+    path = tmp_path / "vigil.toml"
+
+    code, clean = verify_json(path, capsys)
+    assert (code, clean["ok"], clean["findings"]) == (0, True, [])
+    assert clean["records"] == report.records
+    assert {s["stream"] for s in clean["streams"] if s["table"] == "events"} == {"inbox", "digest"}
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        # inbox: the record of seq 4 moved to seq 3; digest: a ciphertext byte changed;
+        # one transcript stream loses its second record.
+        conn.execute(
+            "UPDATE events SET line = (SELECT line FROM events WHERE conversation = 'inbox'"
+            " AND seq = 4) WHERE conversation = 'inbox' AND seq = 3"
+        )
+        conn.execute(
+            "UPDATE events SET line = set_byte(line, length(line) - 6,"
+            " get_byte(line, length(line) - 6) # 1)"
+            " WHERE conversation = 'digest' AND seq = 2"
+        )
+        stream = conn.execute(
+            "SELECT stream FROM transcript_streams WHERE conversation = 'inbox'"
+        ).fetchone()
+        assert stream is not None
+        conn.execute("DELETE FROM transcripts WHERE stream = %s AND seq = 2", stream)
+
+    code, damaged = verify_json(path, capsys)
+    assert code == 8
+    found = {(f["table"], f["conversation"], f["seq"], f["kind"]) for f in damaged["findings"]}
+    assert found == {
+        ("events", "inbox", 3, "corrupt"),
+        ("events", "digest", 2, "corrupt"),
+        ("transcripts", "inbox", 2, "missing"),
+    }
+    main(["verify", "--config", str(path)])
+    text = capsys.readouterr().out
+    assert "events/inbox: sequence 3: corrupt: the sealed record says sequence 4" in text
+    assert "FAILED" in text
