@@ -48,14 +48,22 @@ class JournalCorruptError(VigilError):
 
     exit_code = 4
 
-    def __init__(self, path: Path | str, line: int, seq: int | None, problem: str) -> None:
+    def __init__(
+        self, path: Path | str, line: int, seq: int | None, problem: str, *, last: bool = False
+    ) -> None:
         self.path = path
         self.line = line
         self.seq = seq
         self.problem = problem
+        self.last = last
         where = f"line {line}" + (f" (sequence {seq})" if seq is not None else "")
+        why = (
+            "it is a complete line (with its newline), which a crash mid-write cannot leave"
+            if last
+            else "records after it are intact"
+        )
         super().__init__(
-            f"journal {path}: {where}: {problem}; records after it are intact, so this "
+            f"journal {path}: {where}: {problem}; {why}, so this "
             "is corruption or tampering, not a torn write. Nothing was changed; restore "
             "the file from a backup or move it aside to start that conversation afresh"
         )
@@ -183,3 +191,63 @@ class UnknownJobError(VigilError, KeyError):
     def __str__(self) -> str:
         known = ", ".join(self.known) if self.known else "none are configured"
         return f"no heartbeat job named {self.name!r} (jobs: {known})"
+
+
+class UntrustedPathError(VigilError):
+    """A directory or file vigil would trust is owned by another user, writable by
+    others, or in the wrong place (``key`` names it in the config)."""
+
+    exit_code = 2
+
+    def __init__(self, path: Path, key: str, problem: str, config: Path | None = None) -> None:
+        self.path = path
+        self.key = key
+        self.problem = problem
+        self.config = config
+        where = f"{config}: {key}" if config is not None else key
+        super().__init__(f"{where}: {path} {problem}; refusing to use it")
+
+
+class RuntimeDirBusyError(VigilError):
+    """Another vigil runs with this runtime directory (its own state directory)."""
+
+    exit_code = 7
+
+    def __init__(self, runtime_dir: Path, holder: str) -> None:
+        self.runtime_dir = runtime_dir
+        self.holder = holder
+        super().__init__(
+            f"another vigil{(' (' + holder + ')') if holder else ''} is already running with "
+            f"runtime directory {runtime_dir}; give each daemon its own runtime_dir"
+        )
+
+
+class HeadsError(VigilError):
+    """``state_dir/heads`` (the commitment to every journal's head) is unusable."""
+
+    exit_code = 4
+
+    def __init__(self, path: Path, problem: str, *, key_id: str | None = None) -> None:
+        self.path = path
+        self.problem = problem
+        self.key_id = key_id  # set when the keyring lacks the key it was sealed with
+        super().__init__(
+            f"{path}: {problem}; it commits to how far each journal reaches. Restore it "
+            "from a backup, or delete it to commit to the journals as they are"
+        )
+
+
+class JournalRollbackError(VigilError):
+    """Journals are behind their committed heads: records or files were removed."""
+
+    exit_code = 4
+
+    def __init__(self, heads: Path, problems: Sequence[str]) -> None:
+        self.heads = heads
+        self.problems = list(problems)
+        listed = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(
+            f"journals in {heads.parent} are behind what {heads} committed to (truncation "
+            f"or rollback); nothing was changed:\n{listed}\nRestore them from a backup; "
+            f"if they were removed or restored on purpose, delete {heads} and start again"
+        )

@@ -35,22 +35,41 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def write_file_atomically(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
-    """Write ``data`` to ``path`` by way of a temporary file, fsync and rename."""
+def write_file_atomically(
+    path: Path, data: bytes, *, mode: int = FILE_MODE, overwrite: bool = True, sync: bool = True
+) -> None:
+    """Write ``data`` to ``path`` by way of a temporary file, fsync and rename.
+
+    The temporary file is created with ``O_EXCL | O_NOFOLLOW``: a symlink or file
+    planted at its (predictable) name is removed, never written through. With
+    ``overwrite=False`` an existing ``path`` (a symlink too) is never replaced:
+    ``FileExistsError``.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a leftover of this pid's crash, or planted: never followed
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, mode)
     try:
         os.fchmod(fd, mode)
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
     os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if overwrite:
+        os.replace(tmp, path)
+    else:
+        try:
+            os.link(tmp, path, follow_symlinks=False)  # EEXIST if anything is there
+        finally:
+            tmp.unlink()
+    if sync:
+        fsync_dir(path.parent)

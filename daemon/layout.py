@@ -66,10 +66,19 @@ class Layout:
             ensure_private_dir(d)
 
     def remove_resume_leftovers(self) -> list[Path]:
-        """Plaintext the SDK materialized for a resume and a SIGKILL left behind."""
+        """Conversation plaintext a killed daemon left in the runtime directory: the
+        SDK's resume copies (``tmp/claude-resume-*``) and the CLI's own transcripts
+        (``claude/projects/``). A resume never needs them: it is materialized from the
+        encrypted transcript store."""
         removed = []
-        for leftover in self.tmp.glob("claude-resume-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        leftovers = [*self.tmp.glob("claude-resume-*"), self.claude_config / "projects"]
+        for leftover in leftovers:
+            if not os.path.lexists(leftover):
+                continue
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
             removed.append(leftover)
         return removed
 

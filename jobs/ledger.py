@@ -42,6 +42,14 @@ class OpenDelivery:
     state: Literal["started", "retry_pending"]
 
 
+_OUTCOMES = {
+    "turn_completed": "completed",
+    "turn_failed": "failed",
+    "turn_interrupted": "interrupted",
+    "beat_skipped": "skipped",
+}
+
+
 @dataclass(frozen=True)
 class Failure:
     turn: int
@@ -63,6 +71,10 @@ class JobLedger:
     last_due_at: datetime | None = None  # last turn_started or beat_skipped
     last_started_at: datetime | None = None  # last turn_started
     open_deliveries: dict[str, OpenDelivery] = field(default_factory=dict)
+    # The last beat's end as journaled (``vigil status`` after a restart).
+    last_turn: int | None = None
+    last_outcome: str | None = None  # completed, failed, interrupted, skipped
+    last_reason: str | None = None
     # Failed beats in a row (``BACKOFF_REASONS``; a completed beat resets it) and the
     # last one's reason: failure backoff survives a restart, so a crash loop under
     # ``Restart=always`` does not hammer a failing API.
@@ -81,6 +93,12 @@ class JobLedger:
         if kind == "delta":  # most events; nothing here needs them
             return
         self.spend.feed(event)  # turn numbers, restarts of the cost total, results
+        if kind in _OUTCOMES:
+            turn = event.get("turn")
+            self.last_turn = turn if isinstance(turn, int) else self.last_turn
+            self.last_outcome = _OUTCOMES[kind]
+            reason = event.get("reason")
+            self.last_reason = reason if isinstance(reason, str) else None
         if kind == "turn_started":
             when = _when(event)
             self.last_started_at = when or self.last_started_at

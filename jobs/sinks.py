@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from jobs.urls import redact_url
 
 __all__ = [
     "CommandSink",
@@ -200,29 +204,45 @@ class WebhookSink:
     """HTTP POST of the reply as JSON; any 2xx status within ``timeout`` is done."""
 
     name: str
-    url: str
-    timeout: float
-    headers: Mapping[str, str] = field(default_factory=dict)
+    url: str = field(repr=False)  # secrets: shown only as redact_url(url)
+    timeout: float = 10.0
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     async def send(self, reply: Reply) -> None:
         body = json.dumps(reply.as_json(), ensure_ascii=False).encode("utf-8")
         await asyncio.to_thread(self._post, body)
 
     def _post(self, body: bytes) -> None:
-        request = urllib.request.Request(  # noqa: S310  # the scheme is checked in config
-            self.url,
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", "User-Agent": "vigil", **self.headers},
-        )
-        opener = urllib.request.build_opener(_NoRedirect)
+        shown = redact_url(self.url)  # the only form of the URL an error may carry
         try:
+            request = urllib.request.Request(  # noqa: S310  # the scheme is checked in config
+                self.url,
+                data=body,
+                method="POST",
+                headers={"Content-Type": "application/json", "User-Agent": "vigil", **self.headers},
+            )
+            opener = urllib.request.build_opener(_NoRedirect)
             with opener.open(request, timeout=self.timeout) as response:
                 status = int(response.status)
         except urllib.error.HTTPError as exc:
-            raise SinkError(self.name, f"{self.url} answered HTTP {exc.code}") from None
+            raise SinkError(self.name, f"{shown} answered HTTP {exc.code}") from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             why = getattr(exc, "reason", None) or exc
-            raise SinkError(self.name, f"POST {self.url} failed: {why}") from None
+            raise SinkError(
+                self.name, f"POST {shown} failed: {_scrub(str(why), self.url)}"
+            ) from None
+        except (ValueError, http.client.HTTPException) as exc:  # InvalidURL quotes the URL
+            raise SinkError(
+                self.name, f"POST {shown} failed: {_scrub(str(exc), self.url)}"
+            ) from None
         if not 200 <= status < 300:
-            raise SinkError(self.name, f"{self.url} answered HTTP {status}")
+            raise SinkError(self.name, f"{shown} answered HTTP {status}")
+
+
+def _scrub(text: str, url: str) -> str:
+    """An error text from the HTTP stack, with any piece of the URL's secrets removed."""
+    parts = urllib.parse.urlsplit(url)
+    for secret in (url, parts.path, parts.query, parts.password, parts.username, parts.netloc):
+        if secret and len(secret) > 1 and secret in text:
+            text = text.replace(secret, redact_url(url))
+    return text

@@ -298,8 +298,8 @@ def test_unknown_key_without_close_match_lists_known_keys(tmp_path: Path) -> Non
     problem = only_problem(write(tmp_path, "[daemon]\ncolour = true\n"))
     assert problem.message == (
         "unknown key 'colour' (known keys: state_dir, runtime_dir, key_file, fsync, "
-        "log_format, turn_timeout, drain_grace, model_max_retries, mirror_path, max_live_clients, "
-        "max_concurrent_turns, client_idle_timeout, metrics)"
+        "log_format, log_content, turn_timeout, drain_grace, model_max_retries, mirror_path, "
+        "max_live_clients, max_concurrent_turns, client_idle_timeout, metrics)"
     )
 
 

@@ -131,7 +131,7 @@ def test_every_new_key_loads_typed(tmp_path: Path, agent_dir: Path) -> None:
         ),
         (
             '[[heartbeat.sink]]\ntype = "webhook"\nurl = "ftp://example.com/x"',
-            "heartbeat[inbox].sink[#1].url: bad url 'ftp://example.com/x'",
+            "heartbeat[inbox].sink[#1].url: bad url ftp://example.com/…: expected",
         ),
         (
             '[[heartbeat.sink]]\ntype = "command"\ncommand = []',

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from jobs.sinks import (
     StdoutSink,
     WebhookSink,
 )
+from jobs.urls import redact_url
 
 REPLIES = [
     Reply(
@@ -265,3 +267,54 @@ def test_the_file_sink_creates_an_owner_only_file(tmp_path: Path) -> None:
     path = tmp_path / "replies.jsonl"
     asyncio.run(FileSink("file", path).send(REPLIES[0]))
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+# ---------------------------------------------------------------- secrets in webhook URLs
+
+SECRET = "T0CANARY/B0CANARY/xoxbCANARYTOKEN"  # noqa: S105  # a canary, not a credential
+
+
+@pytest.mark.parametrize("why", ["http-error", "refused", "timeout", "bad-url"])
+def test_a_webhook_error_names_the_sink_and_a_redacted_url_never_the_secret(
+    hook: Hook, why: str
+) -> None:
+    """Slack and Discord put the token in the path: every delivery error (which is
+    logged, journaled, shown by history/export and kept in the mirror) carries
+    ``scheme://host[:port]/…`` and the sink's name, and no piece of the path or query."""
+    port = hook.url.split(":")[2].split("/")[0]
+    url = f"http://127.0.0.1:{port}/services/{SECRET}?token=q{SECRET}"
+    timeout = 10.0
+    if why == "http-error":
+        hook.statuses = [403]
+    elif why == "refused":
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            port = str(probe.getsockname()[1])
+        url = f"http://127.0.0.1:{port}/services/{SECRET}"
+    elif why == "timeout":
+        hook.delay, timeout = 2.0, 0.3
+    else:
+        url = f"http://127.0.0.1:{port}/services/{SECRET} with space\n"
+    sink = WebhookSink("slack", url, timeout=timeout)
+    with pytest.raises(SinkError) as info:
+        asyncio.run(sink.send(REPLIES[0]))
+    text = str(info.value)
+    assert text.startswith("sink slack: "), text
+    assert f"http://127.0.0.1:{port}/…" in text, text
+    assert "CANARY" not in text and "services" not in text, text
+    assert "CANARY" not in repr(sink)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://hooks.slack.com/services/T/B/X", "https://hooks.slack.com/…"),
+        ("https://user:pw@example.org:8443/a?b#c", "https://example.org:8443/…"),
+        ("http://[::1]:8080/x", "http://[::1]:8080/…"),
+        ("http://example.org", "http://example.org"),
+        ("http://example.org?token=x", "http://example.org/…"),
+        ("not a url", "<url>"),
+    ],
+)
+def test_redact_url_keeps_scheme_host_and_port_only(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

@@ -568,3 +568,32 @@ def test_a_failed_fsync_at_a_turn_boundary_is_fatal(tmp_path: Path) -> None:
 
 def _eio_fsync(fd: int) -> None:
     raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+@pytest.mark.parametrize("index", [-1, -2])
+def test_a_complete_last_record_that_fails_authentication_is_corruption_not_a_torn_tail(
+    tmp_path: Path, index: int
+) -> None:
+    """A crash leaves at most an incomplete last line: a complete record (with its
+    newline) that fails to authenticate was altered after it was written. Cutting it
+    off as a torn tail would let tampering delete the newest records unnoticed."""
+    path = tmp_path / "inbox.jsonl"
+    write_journal(path, sample_events(5))
+    lines = lines_of(path)
+    record = json.loads(lines[index])
+    data = record["d"]
+    record["d"] = data[:20] + ("A" if data[20] != "A" else "B") + data[21:]
+    lines[index] = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+    if index == -2:  # and a torn write after it: still corruption
+        lines[-1] = lines[-1][:30]
+    damaged = b"".join(lines)
+    path.write_bytes(damaged)
+    line = len(lines) + index + 1
+    with pytest.raises(JournalCorruptError) as info:
+        Journal.open(path, "inbox", RING)
+    assert (info.value.line, info.value.seq, info.value.last) == (line, line, True)
+    assert "a complete line (with its newline), which a crash mid-write cannot leave" in str(
+        info.value
+    )
+    assert path.read_bytes() == damaged
+    assert list(tmp_path.iterdir()) == [path]  # nothing cut, no broken copy

@@ -79,6 +79,7 @@ class _Stream:
     stream_id: str
     last_seq: int = 0
     size: int = 0
+    digest: str = ""  # of the last record (what state_dir/heads commits to)
     loaded: bool = False  # uuids/summary below are known
     uuids: set[str] = field(default_factory=set)
     summary: SessionSummaryEntry | None = None
@@ -240,6 +241,16 @@ class JournalSessionStore:
         """
         return self._failures.pop(session_id, None)
 
+    def heads(self) -> dict[str, tuple[int, int, str]]:
+        """(last seq, size, last digest) of each stream this store has read or written,
+        by file name: what ``state_dir/heads`` may commit to once they are synced."""
+        streams = self._streams or {}
+        return {
+            s.path.name: (s.last_seq, s.size, s.digest)
+            for s in streams.values()
+            if s.size and s.digest
+        }
+
     def has_session(self, session_id: str) -> bool:
         """Whether a main transcript for ``session_id`` exists (under any project key)."""
 
@@ -314,6 +325,7 @@ class JournalSessionStore:
                 last_seq=stream.last_seq,
                 size=stream.size,
                 fsync=self.fsync,
+                last_digest=stream.digest,
             )
         return Journal.open(stream.path, stream.stream_id, self.keyring, fsync=self.fsync)
 
@@ -334,6 +346,7 @@ class JournalSessionStore:
             # What the file holds now, whatever failed: a failed write was rolled back,
             # a record whose fsync failed is in the file all the same.
             stream.last_seq, stream.size = journal.last_seq, journal.size
+            stream.digest = journal.last_digest
             journal.close()
 
     def _records(self, stream: _Stream) -> list[dict[str, Any]]:
@@ -347,6 +360,7 @@ class JournalSessionStore:
             lambda fr: records.append(decode_payload(fr.payload)),
         )
         stream.last_seq, stream.size = result.last_seq, result.good_end
+        stream.digest = result.last_digest
         return records
 
     def _load_view(self, stream: _Stream) -> list[SessionStoreEntry]:

@@ -10,27 +10,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from daemon.cli.args import job_name
 from daemon.config.load import default_config_path, load_config
 from daemon.config.model import Config
 from daemon.errors import VigilError
 from daemon.events import Event
 from daemon.journal.framing import FrameError, decode_payload, open_line
 from daemon.journal.keyring import Keyring, resolve_key_path
+from daemon.journal.lock import LOCK_NAME
 from daemon.journal.logstore import conversation_names
 from daemon.journal.scan import scan
 from daemon.layout import Layout
 from daemon.ops.history import existing_journal, tokens_short
 from daemon.runtime.control import SOCKET_NAME, DaemonNotRunning, call
+from daemon.trust import own_file
 
 COMMANDS = frozenset({"status", "beat", "tail"})
 NOT_RUNNING = 9
 BEAT_REFUSED = 10
 FOLLOW_POLL_S = 0.2
+CALL_TIMEOUT_S = 5.0
 
 
 class BeatRefused(VigilError):
@@ -69,7 +74,7 @@ def add_commands(
         description="Refused (exit 10) while a turn of that conversation runs, or when the "
         "job's gate skips it (budget, empty prompt); exit 9 when no daemon runs.",
     )
-    p.add_argument("name", help="job (conversation) name")
+    p.add_argument("name", type=job_name, help="job (conversation) name")
     p.add_argument("--config", type=Path, default=None, help=config_help)
     p.add_argument("--json", action="store_true", help="JSON, for scripts")
 
@@ -79,7 +84,7 @@ def add_commands(
         description="Reads the encrypted journal directly (read-only), so it works whether or "
         "not the daemon runs; it only ever shows complete, authenticated records.",
     )
-    p.add_argument("name", help="job (conversation) name")
+    p.add_argument("name", type=job_name, help="job (conversation) name")
     p.add_argument("-n", "--lines", type=int, default=10, help="events to show first (10)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     p.add_argument("--config", type=Path, default=None, help=config_help)
@@ -142,12 +147,32 @@ def _cluster_not_running(config: Config, reason: str, *, as_json: bool) -> int:
 
 def _call(layout: Layout, request: dict[str, Any]) -> dict[str, Any]:
     path = layout.runtime_dir / SOCKET_NAME
+    if os.path.lexists(path) and not own_file(path, stat.S_IFSOCK):
+        raise NotRunning(
+            path, "not a socket this user made (a symlink, or another owner); not used"
+        )
     try:
-        return call(path, request)
+        return call(path, request, timeout=CALL_TIMEOUT_S)
     except DaemonNotRunning as exc:
         raise NotRunning(path, str(exc).rsplit("(", 1)[-1].rstrip(")")) from None
     except PermissionError:
         raise NotRunning(path, "permission denied: run as the daemon's user") from None
+    except (TimeoutError, OSError, ValueError, RecursionError) as exc:
+        # A daemon that is stopped (SIGSTOP) or hung accepts the connection (the kernel
+        # does) and never answers: one line, exit 9, never a traceback.
+        holder = _lock_holder(layout)
+        raise NotRunning(
+            path,
+            f"the daemon{(' (pid ' + holder + ')') if holder else ''} did not answer within "
+            f"{CALL_TIMEOUT_S:g}s: stopped or hung? ({type(exc).__name__})",
+        ) from None
+
+
+def _lock_holder(layout: Layout) -> str:
+    try:
+        return (layout.state_dir / LOCK_NAME).read_text().strip()
+    except OSError:
+        return ""
 
 
 def cmd_status(config: Config, layout: Layout, *, as_json: bool) -> int:

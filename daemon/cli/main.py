@@ -14,8 +14,8 @@ from daemon.cli import cluster as cli_cluster
 from daemon.cli import live as cli_live
 from daemon.cli import mirror as cli_mirror
 from daemon.cli import operate as cli_operate
+from daemon.cli.args import job_name
 from daemon.cli.site import check_owner
-from daemon.config.fields import JOB_NAME_PATTERN
 from daemon.config.load import default_config_path, load_config
 from daemon.config.model import Config
 from daemon.errors import VigilError
@@ -24,6 +24,7 @@ from daemon.journal.keyring import Keyring, generate_key_file, resolve_key_path,
 from daemon.layout import Layout
 from daemon.logs import configure_logging
 from daemon.ops.history import existing_journal, load_conversation, render_history
+from daemon.trust import check_config_dir, secrets_exposed
 
 EXIT_CODES = """\
 exit codes:
@@ -34,9 +35,9 @@ exit codes:
   4  journal corrupt or from a newer vigil
   5  journal write failed (disk full?)
   6  fsync failed: exited without acknowledging the record
-  7  another vigil already runs on this state directory
+  7  another vigil already runs on this state directory (or this runtime directory)
   8  verify found a damaged journal record or a mirror that differs from the journals
-  9  no daemon is running (status, beat, send, pause, resume)
+  9  no daemon is running, or it did not answer in time (status, beat, send, pause, resume)
  10  the daemon refused the request (beat, send, pause, resume): a turn of that
      conversation is running, the beat was skipped, or the job is unknown
  11  fork refused: NEW_NAME already has a journal (or is a job with another cwd), TURN is
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reads the encrypted journal (read-only; works while the daemon runs) and "
         "prints each turn: interrupted turns are shown healed, with the text that was streamed.",
     )
-    history.add_argument("name", help="job (conversation) name")
+    history.add_argument("name", type=job_name, help="job (conversation) name")
     history.add_argument("--config", type=Path, default=None, help=config_help)
     history.add_argument("--json", action="store_true", help="a JSON array, for scripts")
 
@@ -102,9 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fork.add_argument("name", metavar="NAME", help="the conversation to branch off (never changed)")
     fork.add_argument(
-        "new_name", metavar="NEW_NAME", type=_new_name, help="the new conversation (job) name"
+        "name", metavar="NAME", type=job_name, help="the conversation to branch off (never changed)"
+    )
+    fork.add_argument(
+        "new_name", metavar="NEW_NAME", type=job_name, help="the new conversation (job) name"
     )
     fork.add_argument(
         "--at",
@@ -141,14 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default)")
     dev.add_argument("--slow-ms", type=int, default=0, help="delay between streamed deltas")
     return parser
-
-
-def _new_name(value: str) -> str:
-    if not JOB_NAME_PATTERN.fullmatch(value):
-        raise argparse.ArgumentTypeError(
-            f"bad job name {value!r}: use 1 to 64 letters, digits, '_' or '-'"
-        )
-    return value
 
 
 def _turn_number(value: str) -> int:
@@ -218,14 +213,21 @@ def _load(config_path: Path | None) -> tuple[Config, Keyring]:
 
 def cmd_run(config_path: Path | None) -> int:
     from daemon.runtime.notify import SystemdNotifier  # noqa: PLC0415
+    from daemon.signals import hold_sighup  # noqa: PLC0415
 
+    hold_sighup()  # a SIGHUP during start-up is noted (and reloads once ready), not fatal
     path = config_path or default_config_path()
+    check_config_dir(path)  # nothing is read from a directory others can write
     config, keyring = _load(path)
+    webhooks = any(s.type == "webhook" for j in config.heartbeats for _, s in j.sinks)
+    warning = secrets_exposed(path, webhooks)
+    if warning is not None:
+        print(f"vigil: warning: {warning}", file=sys.stderr)
     # Imported once the config and key are known good: the supervisor pulls in the
     # Agent SDK (most of a second), which a refused start and the other commands skip.
     from daemon.runtime.supervisor import Supervisor  # noqa: PLC0415
 
-    configure_logging(config.daemon.log_format)
+    configure_logging(config.daemon.log_format, log_content=config.daemon.log_content)
     supervisor = Supervisor(config, keyring, SystemdNotifier(), config_path=path)
     return asyncio.run(supervisor.run())
 

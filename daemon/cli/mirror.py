@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from daemon.cli.args import job_name
 from daemon.cli.journals import cmd_export, cmd_reencrypt
 from daemon.cli.site import check_owner, keyring_of, layout_of, print_json
 from daemon.config.load import default_config_path, load_config
@@ -33,6 +35,7 @@ from daemon.mirror.queries import ConversationSummary, Hit
 from daemon.mirror.rebuild import RebuildProgress, RebuildStats, rebuild
 from daemon.ops.history import tokens_short
 from daemon.ops.verify import verify
+from daemon.trust import own_file
 from jobs.budget import local_day, local_day_bounds
 
 VERIFY_FAILED = 8
@@ -52,7 +55,7 @@ def add_commands(
         "otherwise. Safe while the daemon runs: all conversations are replaced in one "
         "transaction (the daemon's updates wait for it); one conversation in its own.",
     )
-    p.add_argument("name", nargs="?", help="only this conversation")
+    p.add_argument("name", nargs="?", type=job_name, help="only this conversation")
     p.add_argument(
         "--workers",
         type=int,
@@ -103,7 +106,7 @@ def add_commands(
         'with its sequence number as "seq". This is conversation plaintext: redirect it '
         "somewhere safe.",
     )
-    p.add_argument("name", help="job (conversation) name")
+    p.add_argument("name", type=job_name, help="job (conversation) name")
     p.add_argument("--config", type=Path, default=None, help=config_help)
 
 
@@ -243,12 +246,15 @@ def _verify_cluster(config: Config, *, as_json: bool) -> int:
 def _reader(config: Config) -> Iterator[Mirror]:
     """The live mirror read-only; without one, a mirror built in memory from the journals."""
     path = config.daemon.mirror_file
-    if path.exists():
+    if own_file(path, stat.S_IFREG):
         mirror = Mirror.open(path, readonly=True)
     else:
-        print(
-            f"vigil: no mirror at {path} (daemon stopped?); reading the journals", file=sys.stderr
+        why = (
+            "(what is there is not a file this user made: a symlink or another owner's)"
+            if os.path.lexists(path)
+            else "(daemon stopped?)"
         )
+        print(f"vigil: no mirror at {path} {why}; reading the journals", file=sys.stderr)
         mirror = Mirror.open(":memory:")
         stats = rebuild(mirror, layout_of(config).conversations, keyring_of(config))
         for error in stats.errors:

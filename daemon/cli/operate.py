@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from daemon.cli.args import job_name
 from daemon.cli.live import BEAT_REFUSED, NotRunning
 from daemon.config.load import default_config_path, load_config
 from daemon.durations import parse_duration
@@ -60,7 +61,7 @@ def add_commands(
         "queued (journaled, so it survives a restart) and added to the prompt of NAME's next "
         "beat. Either way the conversation remembers it.",
     )
-    p.add_argument("name", help="job (conversation) name")
+    p.add_argument("name", type=job_name, help="job (conversation) name")
     p.add_argument("text", help="what to say; - reads it from stdin")
     p.add_argument(
         "--next-beat", action="store_true", help="add TEXT to the next beat's prompt instead"
@@ -74,7 +75,7 @@ def add_commands(
         description="Journaled, so the pause survives a restart. `vigil beat` and `vigil send` "
         "still run (an operator asked for them). Exit 9 without a daemon, 10 when refused.",
     )
-    p.add_argument("name", help="job (conversation) name")
+    p.add_argument("name", type=job_name, help="job (conversation) name")
     p.add_argument(
         "--for",
         dest="duration",
@@ -86,7 +87,7 @@ def add_commands(
     p.add_argument("--json", action="store_true", help="the answer as JSON")
 
     p = sub.add_parser("resume", help="end a job's pause (journaled)")
-    p.add_argument("name", help="job (conversation) name")
+    p.add_argument("name", type=job_name, help="job (conversation) name")
     p.add_argument("--config", type=Path, default=None, help=config_help)
     p.add_argument("--json", action="store_true", help="the answer as JSON")
 

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 import zoneinfo
 from collections.abc import Mapping
 from datetime import date, time, timedelta
@@ -29,10 +30,19 @@ from pydantic_core import PydanticCustomError
 
 from daemon.durations import format_duration, parse_duration
 from jobs.hours import ActiveHours
+from jobs.urls import check_header_name, check_header_value, check_url
 
 DEFAULT_CONFIG_PATH = Path("/etc/vigil/vigil.toml")
 JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: A config or prompt file larger than this is refused unread.
+MAX_TEXT_FILE_BYTES = 4 * 1024 * 1024
+#: The Agent SDK reads the CLI's messages through a 1 MiB buffer, and the CLI echoes a
+#: prompt back: a prompt over it (JSON-encoded, as it is sent) fails every beat.
+SDK_MESSAGE_BUFFER = 1024 * 1024
+MAX_PROMPT_JSON_BYTES = SDK_MESSAGE_BUFFER - 64 * 1024  # room for the message around it
 _MIN_EVERY = timedelta(seconds=1)
+#: Schedules beyond this overflow the scheduler's date arithmetic (and mean nothing).
+MAX_INTERVAL = timedelta(days=366)
 _MIN_TURN_TIMEOUT = timedelta(seconds=1)
 
 
@@ -145,6 +155,26 @@ def _at_least(minimum: timedelta, why: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+def _at_most(maximum: timedelta, why: str) -> AfterValidator:
+    def check(value: timedelta) -> timedelta:
+        if value > maximum:
+            raise _fail(f"{format_duration(value)} is too long: {why}")
+        return value
+
+    return AfterValidator(check)
+
+
+def prompt_size_problem(text: str) -> str | None:
+    """Why a prompt cannot be sent through the SDK, or None."""
+    size = len(json.dumps(text))
+    if size <= MAX_PROMPT_JSON_BYTES:
+        return None
+    return (
+        f"the prompt is {size} bytes as sent (JSON); the Agent SDK's message buffer is "
+        f"{SDK_MESSAGE_BUFFER} bytes, so at most {MAX_PROMPT_JSON_BYTES} fit"
+    )
+
+
 def _job_name(value: str) -> str:
     if not JOB_NAME_PATTERN.fullmatch(value):
         raise _fail(f"bad job name {json.dumps(value)}: use 1 to 64 letters, digits, '_' or '-'")
@@ -178,10 +208,22 @@ class PromptFile:
     text: str
 
 
-def _read_text(path: Path, what: str) -> str:
-    """Read UTF-8 text (a BOM is dropped); ``ValueError`` says why not, naming ``what``."""
+def _read_text(path: Path, what: str, limit: int = MAX_TEXT_FILE_BYTES) -> str:
+    """Read UTF-8 text (a BOM is dropped) from a regular file of at most ``limit``
+    bytes; ``ValueError`` says why not, naming ``what``. A FIFO or a device is never
+    opened (a read could block forever, or never end)."""
     try:
-        data = path.read_bytes()
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{what} is not a regular file (a FIFO, socket or device)")
+        if st.st_size > limit:
+            raise ValueError(f"{what} is {st.st_size} bytes; at most {limit} are read")
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise ValueError(f"{what} is over {limit} bytes; at most {limit} are read")
     except FileNotFoundError:
         raise ValueError(f"{what} does not exist") from None
     except IsADirectoryError:
@@ -219,9 +261,20 @@ def _active_hours(value: str) -> str:
 
 
 def _url(value: str) -> str:
-    scheme, _, rest = value.partition("://")
-    if scheme not in ("http", "https") or not rest.split("/")[0]:
-        raise _fail(f"bad url {value!r}: expected http://host[:port]/path or https://...")
+    problem = check_url(value)  # names the URL redacted: its path may hold a token
+    if problem is not None:
+        raise _fail(problem)
+    return value
+
+
+def _headers(value: dict[str, str]) -> dict[str, str]:
+    for name, text in value.items():
+        problem = check_header_name(name)
+        if problem is not None:
+            raise _fail(problem)
+        problem = check_header_value(text)  # never quotes a value: it may be a token
+        if problem is not None:
+            raise _fail(problem, loc=(name,))
     return value
 
 
@@ -294,7 +347,11 @@ DataDirectory = Annotated[Path, BeforeValidator(_creatable_directory)]
 Directory = Annotated[Path, BeforeValidator(_directory)]
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 Text = Annotated[str, AfterValidator(_not_blank)]
-Interval = Annotated[Duration, _at_least(_MIN_EVERY, "heartbeats must be at least 1s apart")]
+Interval = Annotated[
+    Duration,
+    _at_least(_MIN_EVERY, "heartbeats must be at least 1s apart"),
+    _at_most(MAX_INTERVAL, "heartbeats must be at most 366d apart"),
+]
 Timeout = Annotated[Duration, _at_least(_MIN_TURN_TIMEOUT, "a turn needs at least 1s")]
 FsyncPolicy = Literal["always", "turn", "never"]
 LogFormat = Literal["json", "console"]

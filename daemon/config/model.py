@@ -53,11 +53,13 @@ from daemon.config.fields import (
     _at_least,
     _fail,
     _file_sink_path,
+    _headers,
     _job_name,
     _prompt_file,
     _sink_name,
     _timezone,
     _url,
+    prompt_size_problem,
 )
 from daemon.durations import format_duration
 from daemon.errors import UnknownJobError
@@ -78,6 +80,9 @@ class DaemonConfig(BaseModel):
     key_file: ConfigPath = Path("/etc/vigil/vigil.key")
     fsync: FsyncPolicy = "turn"
     log_format: LogFormat = "json"
+    # Conversation text (prompts, deltas, replies) in the log lines: off, because under
+    # systemd the log is journald, on disk in plaintext. `vigil tail -f` shows it.
+    log_content: bool = False
     turn_timeout: Timeout = timedelta(minutes=10)
     drain_grace: Duration = timedelta(seconds=30)
     model_max_retries: Annotated[int, Field(ge=0)] = 1
@@ -102,6 +107,12 @@ class DaemonConfig(BaseModel):
         if self.state_dir == self.runtime_dir:
             raise _fail(
                 "must differ from state_dir: the runtime directory is wiped at reboot",
+                loc=("runtime_dir",),
+            )
+        if self.runtime_dir.is_relative_to(self.state_dir):
+            raise _fail(
+                f"must not be inside state_dir {self.state_dir}: the runtime directory holds "
+                "plaintext and is wiped, the state directory is kept",
                 loc=("runtime_dir",),
             )
         if self.state_dir.is_relative_to(self.runtime_dir):
@@ -140,7 +151,7 @@ class SinkConfig(BaseModel):
     path: Annotated[Path, BeforeValidator(_file_sink_path)] | None = None
     command: Annotated[list[Text], Field(min_length=1)] | None = None
     url: Annotated[str, AfterValidator(_url)] | None = None
-    headers: dict[str, str] | None = None
+    headers: Annotated[dict[str, str], AfterValidator(_headers)] | None = None
     timeout: Annotated[Duration, _at_least(timedelta(milliseconds=1), "must be positive")] = (
         _DEFAULT_SINK_TIMEOUT
     )
@@ -251,6 +262,10 @@ class HeartbeatConfig(BaseModel):
         names = [name for name, _ in self.sinks]
         for name in sorted({n for n in names if names.count(n) > 1}):
             problems.append(("sink", f"two sinks are named {name!r}; give each its own name"))
+        text = self.prompt_file.text if self.prompt_file is not None else self.prompt
+        too_big = prompt_size_problem(text or "")
+        if too_big is not None:
+            problems.append(("prompt_file" if self.prompt_file is not None else "prompt", too_big))
         alerts = [name for name, _ in self.alert_sinks]
         for name in sorted({n for n in alerts if alerts.count(n) > 1}):
             problems.append(

@@ -138,6 +138,8 @@ class Conversation:
         self.journal = journal
         self.state = state
         self.listeners: list[Listener] = []
+        # Called after each turn boundary's sync (the daemon commits the journal's head).
+        self.synced: list[Callable[[Conversation], None]] = []
         self.busy = False
         self.log = get_logger(job=name)
         self.timing: Timing | None = None  # metrics: how long appends and syncs take
@@ -198,10 +200,12 @@ class Conversation:
         timing = self.timing
         if timing is None:
             self.journal.sync()
-            return
-        started = time.perf_counter()
-        self.journal.sync()
-        timing("sync", time.perf_counter() - started)
+        else:
+            started = time.perf_counter()
+            self.journal.sync()
+            timing("sync", time.perf_counter() - started)
+        for synced in self.synced:
+            synced(self)
 
     def heal(self) -> OpenTurn | None:
         """Mark a turn the previous process left unfinished as interrupted (once).

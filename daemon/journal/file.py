@@ -9,9 +9,10 @@ Contract of :class:`Journal`:
 * A failed write is rolled back to the last complete record (``JournalWriteError``);
   if that is impossible, or an fsync fails, the journal is dead and every later call
   raises ``JournalFatalError``: the process must exit, never retry on the descriptor.
-* ``open`` recovers: a torn tail (incomplete, unparseable or unauthenticated last
-  lines) is copied aside as ``<file>.broken-<UTC timestamp>`` and cut off; damage
-  followed by good records raises ``JournalCorruptError`` and changes nothing.
+* ``open`` recovers: a torn tail (an incomplete last line, or unparseable bytes) is
+  copied aside as ``<file>.broken-<UTC timestamp>`` and cut off; damage followed by
+  good records, and a complete record (with its newline) that fails to authenticate,
+  raise ``JournalCorruptError`` and change nothing: a crash cannot leave them.
 
 Reading a journal (``scan``, ``read_events``: what is a torn tail, what is damage) is
 :mod:`daemon.journal.scan`; this module is the writer.
@@ -38,6 +39,7 @@ from daemon.journal.framing import (
     encode_payload,
     seal,
 )
+from daemon.journal.heads import payload_digest
 from daemon.journal.keyring import Keyring
 from daemon.journal.scan import ScanResult, Tail, Visitor, scan
 
@@ -73,8 +75,10 @@ class Journal:
         size: int,
         fsync: FsyncPolicy,
         tail_cut: TailCut | None,
+        last_digest: str = "",
     ) -> None:
         self.path = path
+        self.last_digest = last_digest  # of the last record: what a head commits to
         self.stream_id = stream_id
         self.keyring = keyring
         self.fsync_policy = fsync
@@ -143,6 +147,7 @@ class Journal:
             size=result.good_end,
             fsync=fsync,
             tail_cut=tail_cut,
+            last_digest=result.last_digest,
         )
 
     @classmethod
@@ -155,6 +160,7 @@ class Journal:
         last_seq: int,
         size: int,
         fsync: FsyncPolicy = FsyncPolicy.TURN,
+        last_digest: str = "",
     ) -> Journal:
         """Reopen a journal this process wrote and closed, without reading it again.
 
@@ -174,6 +180,7 @@ class Journal:
             size=size,
             fsync=fsync,
             tail_cut=None,
+            last_digest=last_digest,
         )
 
     # --- writing ---------------------------------------------------------------------
@@ -194,6 +201,7 @@ class Journal:
             )
         self._write_all(fd, data)
         self.last_seq = first + len(payloads) - 1
+        self.last_digest = payload_digest(payloads[-1])
         self._size += len(data)
         self._dirty = True
         if self.fsync_policy is FsyncPolicy.ALWAYS:

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from daemon.errors import KeyFileError
 from daemon.fsutil import write_file_atomically
+from daemon.trust import system_owners
 
 KEYRING_FORMAT = "vigil-keyring"
 KEYRING_VERSION = 1
@@ -97,9 +98,10 @@ class Keyring:
         }
         return json.dumps(doc, indent=2) + "\n"
 
-    def save(self, path: Path) -> None:
-        """Write atomically with mode 0600."""
-        write_file_atomically(path, self.to_json().encode("utf-8"), mode=0o600)
+    def save(self, path: Path, *, overwrite: bool = True) -> None:
+        """Write atomically with mode 0600 (``O_EXCL | O_NOFOLLOW``; see
+        :func:`write_file_atomically`)."""
+        write_file_atomically(path, self.to_json().encode("utf-8"), mode=0o600, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: Path) -> Keyring:
@@ -114,6 +116,13 @@ class Keyring:
             raise KeyFileError(path, "cannot be read by this user (permission denied)") from None
         if not stat.S_ISREG(st.st_mode):
             raise KeyFileError(path, "is not a regular file")
+        owners = system_owners()
+        if st.st_uid not in owners and not _is_systemd_credential(path):
+            raise KeyFileError(
+                path,
+                f"is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()}) or root; "
+                f"run `chown {os.geteuid()} {path}`",
+            )
         if st.st_mode & 0o077 and not _is_systemd_credential(path):
             raise KeyFileError(
                 path,
@@ -180,10 +189,14 @@ def _is_systemd_credential(path: Path) -> bool:
 
 def generate_key_file(path: Path) -> Keyring:
     """Create a new key file; refuses to overwrite an existing one."""
-    if path.exists():
-        raise KeyFileError(path, "already exists; use `vigil key rotate` to add a key")
+    exists = KeyFileError(path, "already exists; use `vigil key rotate` to add a key")
+    if os.path.lexists(path):
+        raise exists
     ring = Keyring.generate()
-    ring.save(path)
+    try:
+        ring.save(path, overwrite=False)  # a file or symlink created meanwhile is kept
+    except FileExistsError:
+        raise exists from None
     return Keyring(ring.entries, str(path))
 
 

@@ -1,4 +1,5 @@
-"""One daemon per state directory: an exclusive ``flock`` held for the process's life."""
+"""One daemon per state directory, and per runtime directory: an exclusive ``flock``
+on ``.vigil.lock`` in each, held for the process's life."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from daemon.errors import StateLockedError
+from daemon.errors import RuntimeDirBusyError, StateLockedError, VigilError
 
 LOCK_NAME = ".vigil.lock"
 
@@ -25,16 +26,31 @@ class StateLock:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
             os.close(fd)
-            raise StateLockedError(self.path, f"pid {holder}" if holder else "") from None
+            raise self._refusal(f"pid {holder}" if holder else "") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         self._fd = fd
+
+    def _refusal(self, holder: str) -> VigilError:
+        return StateLockedError(self.path, holder)
 
     def release(self) -> None:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
+
+
+class RuntimeLock(StateLock):
+    """One daemon per runtime directory too: two daemons with their own state
+    directories must not share a control socket, a mirror or the CLI's files."""
+
+    def __init__(self, runtime_dir: Path) -> None:
+        super().__init__(runtime_dir)
+        self.runtime_dir = runtime_dir
+
+    def _refusal(self, holder: str) -> VigilError:
+        return RuntimeDirBusyError(self.runtime_dir, holder)
 
 
 def daemon_running(state_dir: Path, locks: Callable[[], str] | None = None) -> bool:

@@ -26,6 +26,7 @@ from pathlib import Path
 from daemon.journal.bulk import NotPlain, read_payloads
 from daemon.journal.conversation import ConversationState
 from daemon.journal.framing import Frame, decode_payload
+from daemon.journal.heads import payload_digest
 from daemon.journal.keyring import Keyring
 from daemon.journal.scan import ScanResult, scan
 from jobs.ledger import JobLedger
@@ -55,13 +56,16 @@ def fold_journal(path: Path, name: str, keyring: Keyring) -> Folded:
     try:
         state, ledger = ConversationState(), JobLedger()
         records = 0
+        last = b""
         for payloads in read_payloads(path, name, keyring):
             for payload in payloads:
                 event = decode_payload(payload)
                 state.feed(event)
                 ledger.feed(event)
             records += len(payloads)
-        return Folded(ScanResult(records, records, size, None), size, state, ledger)
+            last = payloads[-1] if payloads else last
+        digest = payload_digest(last) if records else ""
+        return Folded(ScanResult(records, records, size, None, digest), size, state, ledger)
     except NotPlain:
         pass
     state, ledger = ConversationState(), JobLedger()

@@ -23,6 +23,7 @@ from daemon.journal.framing import (
     decode_payload,
     open_line,
 )
+from daemon.journal.heads import payload_digest
 from daemon.journal.keyring import Keyring
 
 __all__ = ["INCOMPLETE_LAST_LINE", "ScanResult", "Tail", "Visitor", "read_events", "scan"]
@@ -47,6 +48,7 @@ class ScanResult:
     last_seq: int
     good_end: int
     tail: Tail | None
+    last_digest: str = ""  # heads.payload_digest of the last good record
 
 
 Visitor = Callable[[Frame], None]
@@ -69,8 +71,10 @@ def scan(
     offset = 0
     good_end = 0
     count = 0
+    last_payload = b""
     first_bad: tuple[int, int, FrameError | None, str] | None = None
     damaged: list[tuple[int, bytes]] = []  # the lines from first_bad on
+    forged: tuple[int, FrameError] | None = None  # the first complete line failing auth
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             start, offset = offset, offset + len(raw)
@@ -85,6 +89,8 @@ def scan(
                 _raise_if_never_torn(path, lineno, err, keyring)
                 if first_bad is None:
                     first_bad = (lineno, start, err, str(err))
+                if forged is None and err.problem is FrameProblem.AUTH:
+                    forged = (lineno, err)
                 damaged.append((lineno, raw))
                 continue
             if first_bad is not None:
@@ -99,6 +105,7 @@ def scan(
                     f"record is {what} (expected sequence {last_seq + 1})",
                 )
             last_seq = frame.seq
+            last_payload = frame.payload
             good_end = offset
             count += 1
             if visit is not None:
@@ -110,8 +117,16 @@ def scan(
             # Not one record authenticates: this is the wrong key, not a torn write.
             raise WrongKeyError(path, tail_err.key_id or "?", keyring.source)
         _raise_if_record_inside(path, stream_id, keyring, damaged, last_seq)
+        if forged is not None:
+            # A record is written in one call, its newline last: a crash leaves at most
+            # an incomplete last line (or garbage the file system never wrote, which is
+            # cut off and kept aside). A complete record that fails to authenticate was
+            # changed after it was written: corruption, never a torn tail to cut.
+            bad_line, bad = forged
+            raise JournalCorruptError(path, bad_line, bad.seq, str(bad), last=True)
         tail = Tail(line, start, reason)
-    return ScanResult(count, last_seq, good_end, tail)
+    digest = payload_digest(last_payload) if count else ""
+    return ScanResult(count, last_seq, good_end, tail, digest)
 
 
 def _raise_if_record_inside(

@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import VigilError
+from daemon.errors import JournalRollbackError, VigilError
 from daemon.fsutil import FILE_MODE, fsync_dir
 from daemon.journal.file import JOURNAL_SUFFIX, Journal
 from daemon.journal.framing import Frame, seal
+from daemon.journal.heads import Head, HeadsFile, stat_problems
 from daemon.journal.keyring import Keyring, rotate_key_file
 from daemon.journal.lock import StateLock
 from daemon.journal.scan import scan
@@ -131,6 +132,12 @@ def _reencrypt_locked(
 ) -> ReencryptStats:
     started = time.perf_counter()
     stats = ReencryptStats(key_id=keyring.current_id)
+    heads = HeadsFile(layout.state_dir, keyring)
+    committed = heads.load()
+    if committed is not None:  # never launder a truncated journal into a fresh commitment
+        problems = stat_problems(layout.state_dir, committed)
+        if problems:
+            raise JournalRollbackError(heads.path, [p.describe() for p in problems])
     stats.leftovers_removed = [str(p) for p in remove_leftovers(layout)]
     files = journals(layout)
     for i, (path, stream) in enumerate(files):
@@ -143,6 +150,14 @@ def _reencrypt_locked(
             stats.tails_cut.append(str(path))
         if progress is not None:
             progress(path, i + 1, len(files))
+    # The journals' sizes changed (their records and digests did not): commit afresh.
+    fresh = {}
+    for path, stream in files:
+        result = scan(path, stream, keyring)
+        if result.records:
+            key = path.relative_to(layout.state_dir).as_posix()
+            fresh[key] = Head(result.last_seq, result.good_end, result.last_digest)
+    heads.save(fresh)
     stats.seconds = time.perf_counter() - started
     return stats
 

@@ -17,9 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from daemon.errors import JournalCorruptError, JournalVersionError, WrongKeyError
+from daemon.errors import (
+    HeadsError,
+    JournalCorruptError,
+    JournalVersionError,
+    VigilError,
+    WrongKeyError,
+)
 from daemon.journal.file import JOURNAL_SUFFIX
-from daemon.journal.framing import decode_payload
+from daemon.journal.framing import Frame, decode_payload
+from daemon.journal.heads import Head, HeadsFile, payload_digest, scan_problems
 from daemon.journal.keyring import Keyring
 from daemon.journal.lock import daemon_running
 from daemon.journal.logstore import conversation_names, journal_path
@@ -30,7 +37,18 @@ from daemon.mirror.db import Mirror, Sink
 from daemon.mirror.queries import DumpRow
 from daemon.mirror.schema import DUMP_COLUMNS
 
-FindingKind = Literal["torn_tail", "corrupt", "newer_format", "wrong_key", "unreadable"]
+FindingKind = Literal[
+    "torn_tail",
+    "corrupt",
+    "newer_format",
+    "wrong_key",
+    "unreadable",
+    # behind state_dir/heads (truncation, rollback), or heads itself unusable:
+    "missing",
+    "truncated",
+    "replaced",
+    "heads_unusable",
+]
 MAX_DIFFERENCES = 20
 
 
@@ -121,10 +139,12 @@ class VerifyReport:
     daemon_running: bool = False
     differences: list[MirrorDifference] = field(default_factory=list)
     differences_total: int = 0
+    head_findings: list[JournalFinding] = field(default_factory=list)
 
     @property
     def findings(self) -> list[JournalFinding]:
-        return [j.finding for j in self.journals if j.finding is not None]
+        found = [j.finding for j in self.journals if j.finding is not None]
+        return found + self.head_findings
 
     @property
     def records(self) -> int:
@@ -214,6 +234,7 @@ def verify(
     for path in sorted(layout.transcripts.glob(f"*{JOURNAL_SUFFIX}")):
         stream = f"t:{path.name[: -len(JOURNAL_SUFFIX)]}"
         report.journals.append(check_journal(path, stream, keyring, live=report.daemon_running))
+    report.head_findings = head_findings(layout.state_dir, keyring)
     if report.mirror_state == "unusable" or not mirror_path.exists():
         return report
     report.mirror_state = "compared"
@@ -225,6 +246,43 @@ def verify(
         problem = _mode_problem(mirror_path)
     report.mirror_problem = problem
     return report
+
+
+def head_findings(state_dir: Path, keyring: Keyring) -> list[JournalFinding]:
+    """Journals behind what ``state_dir/heads`` committed to: removed records or files."""
+    heads = HeadsFile(state_dir, keyring)
+    try:
+        committed = heads.load()
+    except HeadsError as exc:
+        return [JournalFinding(str(heads.path), "heads_unusable", None, None, exc.problem)]
+    if committed is None:
+        return []
+    found: dict[str, Head | None] = {}
+    damaged: set[str] = set()
+    for key, head in committed.items():
+        path = state_dir / key
+        if not path.exists():
+            found[key] = None
+            continue
+        name = path.name[: -len(JOURNAL_SUFFIX)]
+        stream = name if key.startswith("conversations/") else f"t:{name}"
+        at: list[str] = []
+
+        def visit(frame: Frame, seq: int = head.seq, at: list[str] = at) -> None:
+            if frame.seq == seq:
+                at.append(payload_digest(frame.payload))
+
+        try:
+            result = scan(path, stream, keyring, visit)
+        except VigilError:
+            damaged.add(key)  # reported by the journal's own check
+            continue
+        found[key] = Head(result.last_seq, result.good_end, at[0] if at else "")
+    committed = {k: h for k, h in committed.items() if k not in damaged}
+    return [
+        JournalFinding(str(state_dir / p.key), p.what, None, p.committed.seq, p.describe())
+        for p in scan_problems(committed, found)
+    ]
 
 
 def _check_conversation(

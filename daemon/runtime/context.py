@@ -28,6 +28,7 @@ from daemon.logs import get_logger
 from daemon.ports.agent import AgentDriver, AgentSpec
 from daemon.ports.clock import Clock
 from daemon.ports.eventlog import EventLogStore
+from daemon.runtime.heads import HeadsKeeper
 from daemon.runtime.job import Job
 from daemon.runtime.notify import Notifier
 
@@ -125,6 +126,7 @@ class Runtime:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     waiting: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # beats without a slot
     draining: bool = False
+    heads: HeadsKeeper | None = None  # state_dir/heads; None: not kept (tests, other backends)
     # Every conversation also tells these of each journaled event (metrics), and times
     # its journal's appends and syncs with ``timing``.
     listeners: list[Callable[[str, int, Event], None]] = field(default_factory=list)

@@ -47,12 +47,17 @@ class ControlServer:
         self.path = path
         self.target = target
         self._server: asyncio.Server | None = None
+        self._inode: tuple[int, int] | None = None
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # a stale socket from a killed daemon; we hold the state lock
+            # A stale socket from a killed daemon (or anything planted there): never
+            # used; we hold the state and runtime directory locks.
+            self.path.unlink()
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
         os.chmod(self.path, 0o600)
+        st = self.path.lstat()
+        self._inode = (st.st_dev, st.st_ino)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -60,7 +65,9 @@ class ControlServer:
             await self._server.wait_closed()
             self._server = None
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            st = self.path.lstat()
+            if (st.st_dev, st.st_ino) == self._inode:  # only the socket this daemon bound
+                self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -68,6 +75,8 @@ class ControlServer:
             answer = self._answer(line)
         except (TimeoutError, ValueError) as exc:
             answer = {"ok": False, "error": f"bad request: {exc}"}
+        except RecursionError:  # json.loads of "[[[[...": nested too deep to parse
+            answer = {"ok": False, "error": "bad request: JSON nested too deeply"}
         try:
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()

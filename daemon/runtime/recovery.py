@@ -18,6 +18,7 @@ import time
 
 from daemon.agent.sdk import preload_sdk
 from daemon.config.model import HeartbeatConfig
+from daemon.errors import VigilError
 from daemon.events import Trigger
 from daemon.journal.conversation import Conversation, ConversationState
 from daemon.journal.logstore import FileEventLogStore
@@ -56,6 +57,9 @@ class Recovery:
         rt = self.rt
         started = time.monotonic()
         self._last_extend = started
+        if rt.heads is not None:
+            # Truncated or deleted journals are refused before any is opened or created.
+            rt.heads.check_at_start()
         opened: dict[str, tuple[Conversation, JobLedger]] = {}
         # Existing journals first, so a new job's empty journal is created only once
         # every existing one has been read.
@@ -78,6 +82,8 @@ class Recovery:
             for job_cfg in order:
                 self._extend_start_timeout()
                 opened[job_cfg.name] = self.open_conversation(job_cfg, folded.get(job_cfg.name))
+            if rt.heads is not None:
+                rt.heads.check_deferred()
         except Exception:
             for conv, _ in opened.values():
                 conv.close()
@@ -94,6 +100,10 @@ class Recovery:
             replay = self.register_job(job_cfg, conv, ledger)
             if replay is not None:
                 replays[job_cfg.name] = replay
+        if rt.heads is not None:  # healing synced what it wrote: commit from here on
+            for name, job in rt.jobs.items():
+                rt.heads.note(name, job.runner.conversation.journal, rt.transcripts)
+            rt.heads.commit()
         rt.log.info(
             "recovered",
             jobs=len(rt.jobs),
@@ -139,12 +149,20 @@ class Recovery:
         """
         name = job_cfg.name
         logs = self.rt.logs
+        ledger = JobLedger()
+        conv: Conversation | None = None
         if folded is not None and isinstance(logs, FileEventLogStore):
             conv = Conversation.open_folded(logs, name, folded)
-            if conv is not None:
-                return self._log_tail_cut(conv), folded.ledger
-        ledger = JobLedger()  # not read yet, or changed since the worker read it
-        conv = Conversation.open(logs, name, visit=ledger.feed)
+            ledger = folded.ledger
+        if conv is None:
+            ledger = JobLedger()  # not read yet, or changed since the worker read it
+            conv = Conversation.open(logs, name, visit=ledger.feed)
+        if self.rt.heads is not None:
+            try:
+                self.rt.heads.check_opened(name, conv.journal)
+            except VigilError:
+                conv.close()
+                raise
         return self._log_tail_cut(conv), ledger
 
     def _log_tail_cut(self, conv: Conversation) -> Conversation:
@@ -171,6 +189,14 @@ class Recovery:
         rt = self.rt
         conv.listeners.append(lambda _name, _seq, event: ledger.feed(event))
         conv.listeners.append(rt.mirror.apply)
+        heads = rt.heads
+        if heads is not None:
+
+            def commit_head(synced: Conversation) -> None:
+                heads.note(synced.name, synced.journal, rt.transcripts)
+                heads.commit()
+
+            conv.synced.append(commit_head)
         conv.listeners.extend(rt.listeners)
         conv.timing = rt.timing
         log = rt.log.bind(job=job_cfg.name)

@@ -7,8 +7,10 @@ not change is touched. What changes is decided by :mod:`daemon.runtime.reload` (
 
 from __future__ import annotations
 
+import asyncio
+
 from daemon.config.load import load_config
-from daemon.config.model import HeartbeatConfig
+from daemon.config.model import Config, HeartbeatConfig
 from daemon.config.problems import ConfigError
 from daemon.errors import VigilError
 from daemon.runtime.context import Runtime
@@ -33,14 +35,30 @@ class Reloader:
 
     def reload(self) -> bool:
         """Re-read the config file and apply it; False (logged) when it was refused."""
-        rt = self.rt
-        if rt.config_path is None:
-            rt.log.error("reload_refused", error="vigil was started without a config path")
+        return self.apply(self.read())
+
+    async def reload_off_loop(self) -> bool:
+        """:meth:`reload`, with the file and the prompt files read on a worker thread
+        (a slow disk or a huge file never stalls the event loop)."""
+        loaded = await asyncio.to_thread(self.read)
+        if self.rt.draining:
             return False
+        return self.apply(loaded)
+
+    def read(self) -> Config | str:
+        """The new configuration, or why it cannot be read (touches no state)."""
+        if self.rt.config_path is None:
+            return "vigil was started without a config path"
         try:
-            new = load_config(rt.config_path)
+            return load_config(self.rt.config_path)
         except ConfigError as exc:
-            rt.log.error("reload_refused", path=str(rt.config_path), error=str(exc))
+            return str(exc)
+
+    def apply(self, new: Config | str) -> bool:
+        """Apply a configuration :meth:`read` returned; False (logged) when refused."""
+        rt = self.rt
+        if isinstance(new, str):
+            rt.log.error("reload_refused", path=str(rt.config_path), error=new)
             return False
         problems = reload_problems(rt.config, new)
         if problems:

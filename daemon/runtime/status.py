@@ -28,9 +28,10 @@ def status_snapshot(rt: Runtime) -> dict[str, Any]:
                 "name": name,
                 "running": job.runner.busy,
                 "next_beat": due.astimezone(UTC).isoformat() if due else None,
-                "last_turn": last.turn if last else None,
-                "last_outcome": last.outcome if last else None,
-                "last_reason": last.reason if last else None,
+                # This process's last beat, else the last one journaled (after a restart).
+                "last_turn": last.turn if last else job.ledger.last_turn,
+                "last_outcome": last.outcome if last else job.ledger.last_outcome,
+                "last_reason": last.reason if last else job.ledger.last_reason,
                 "spend_today_usd": round(job.ledger.spend.spent_today(now, job.config.zone), 6),
                 "session_id": job.runner.conversation.state.session_id,
                 "client_connected": job.runner.agent.connected,

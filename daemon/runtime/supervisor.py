@@ -16,6 +16,7 @@ import asyncio
 import faulthandler
 import os
 import signal
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from daemon.config.model import Config
 from daemon.errors import DirectoryError, VigilError
 from daemon.journal.file import FsyncPolicy
 from daemon.journal.keyring import Keyring
-from daemon.journal.lock import StateLock
+from daemon.journal.lock import RuntimeLock, StateLock
 from daemon.journal.logstore import FileEventLogStore
 from daemon.layout import Layout
 from daemon.logs import get_logger
@@ -39,6 +40,7 @@ from daemon.runtime.alerts import Alerts
 from daemon.runtime.context import AgentFactory, Health, MirrorSink, Runtime, TranscriptIndex
 from daemon.runtime.control import SOCKET_NAME, ControlServer
 from daemon.runtime.dispatch import Dispatcher
+from daemon.runtime.heads import HeadsKeeper
 from daemon.runtime.metrics import Metrics
 from daemon.runtime.metrics_http import MetricsServer
 from daemon.runtime.notify import Notifier, run_watchdog, watchdog_interval
@@ -47,7 +49,10 @@ from daemon.runtime.recovery import Recovery
 from daemon.runtime.reloading import Reloader
 from daemon.runtime.scheduler import BeatScheduler
 from daemon.runtime.scheduling import Scheduling
+from daemon.runtime.sentinel import Sentinel
 from daemon.runtime.status import status_line, status_snapshot
+from daemon.signals import take_sighup
+from daemon.trust import check_data_dirs, remove_planted, tighten
 
 MIRROR_FLUSH_S = 0.5
 
@@ -80,6 +85,7 @@ class Supervisor:
         self._make_agent = make_agent
         self._signals = 0
         self._lock = StateLock(self.layout.state_dir)
+        self._runtime_lock = RuntimeLock(self.layout.runtime_dir)
         self._scheduler = BeatScheduler(self._on_due)
         self.rt: Runtime | None = None
         self.status_extra: Callable[[], dict[str, Any]] | None = None  # a cluster node's
@@ -95,14 +101,34 @@ class Supervisor:
         # Owner-only for everything this process and its CLI children create, whatever
         # umask we were started with (conversation text must not be group-readable).
         os.umask(0o077)
+        layout = self.layout
+        check_data_dirs(layout.state_dir, layout.runtime_dir, self.config_path)
         try:
-            self.layout.create()
+            layout.create()
             self._lock.acquire()
         except OSError as exc:
             raise self._directory_error(exc) from None
         try:
-            return await self._run_locked()
+            self._runtime_lock.acquire()  # after the state lock: its refusal names a pid
+        except OSError as exc:
+            self._lock.release()
+            raise self._directory_error(exc) from None
+        except BaseException:
+            self._lock.release()
+            raise
+        try:
+            for path in (layout.state_dir, layout.runtime_dir):
+                was = tighten(path)
+                if was is not None:
+                    self.log.warning("directory_tightened", path=str(path), mode=f"{was:04o}")
+            sentinel = Sentinel()  # ends the CLIs promptly if this process is SIGKILLed
+            sentinel.start()
+            try:
+                return await self._run_locked()
+            finally:
+                sentinel.stop()
         finally:
+            self._runtime_lock.release()
             self._lock.release()
 
     def _directory_error(self, exc: OSError) -> DirectoryError:
@@ -164,6 +190,7 @@ class Supervisor:
             schedule=self._scheduler,
             spec_env=layout.cli_env(self.environ, max_retries=daemon_cfg.model_max_retries),
             log=self.log,
+            heads=HeadsKeeper(layout.state_dir, self.keyring, self.fsync, self.log),
         )
         self.recovery = Recovery(rt)
         self.scheduling = Scheduling(rt)
@@ -183,6 +210,8 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+        if take_sighup():  # one came while `vigil run` was starting
+            self.reload_requested.set()
         self.layout.adopt_tmpdir()
         for leftover in self.layout.remove_resume_leftovers():
             self.log.info("removed_resume_leftover", path=str(leftover))
@@ -191,6 +220,10 @@ class Supervisor:
             from daemon.runtime.cluster.run import ClusterRun  # noqa: PLC0415
 
             return await ClusterRun(self, self.config.cluster).run()
+        mirror_file = self.config.daemon.mirror_file
+        for path in (mirror_file, *(Path(f"{mirror_file}{x}") for x in ("-wal", "-shm"))):
+            if remove_planted(path, stat.S_IFREG):  # never open what someone else put there
+                self.log.warning("removed_planted_file", path=str(path))
         rt = self.rt = self._wire()
         mirror = self.mirror
         replays = self.recovery.recover()
@@ -311,7 +344,7 @@ class Supervisor:
             await self.reload_requested.wait()
             self.reload_requested.clear()
             if self.rt is not None and not self.rt.draining:
-                self.reloader.reload()
+                await self.reloader.reload_off_loop()
 
     def reload(self) -> bool:
         return self.reloader.reload()

@@ -193,10 +193,15 @@ class Site:
         path.mkdir(exist_ok=True)
         return path
 
-    def write_config(self, jobs: Sequence[Job], **daemon: str | int) -> Path:
+    def write_config(self, jobs: Sequence[Job], **daemon: str | int | bool) -> Path:
         """The config file: a ``[daemon]`` table (``daemon`` adds or overrides keys) and
-        one ``[[heartbeat]]`` per job, each job's ``cwd`` created under ``root``."""
-        settings: dict[str, str | int] = {
+        one ``[[heartbeat]]`` per job, each job's ``cwd`` created under ``root``.
+
+        A harness daemon opts in to ``log_content``: tests and the demo read prompts,
+        deltas and replies from its log lines (a real daemon logs sizes only unless the
+        operator opts in; ``tests/e2e/test_at_rest.py`` checks that default)."""
+        settings: dict[str, str | int | bool] = {
+            "log_content": True,
             "state_dir": "state",
             "runtime_dir": "run",
             "key_file": "vigil.key",

@@ -46,6 +46,29 @@ def test_no_file_under_the_state_directory_holds_conversation_plaintext(site: Si
 
 
 @pytest.mark.timeout(120)
+def test_the_default_logs_carry_sizes_never_conversation_text(site: Site) -> None:
+    """Under systemd stdout is journald, on disk: by default a log line says how big a
+    prompt, a delta or a reply was, never what it said. ``vigil tail`` shows the text."""
+    canary = f"canary-{uuid.uuid4().hex}"
+    prompt = f"Remember {canary}."
+    site.write_config([Job("secretive", prompt, every="1s")], log_content=False)
+    daemon = site.start()
+    daemon.wait_event("reply", 30, job="secretive")  # the default stdout sink
+    assert daemon.terminate() == 0
+    logged = "\n".join([*(json.dumps(x) for x in daemon.lines), *daemon.stderr])
+    assert canary not in logged
+    started = daemon.events("turn_started", job="secretive")[0]
+    assert "prompt" not in started and started["prompt_chars"] == len(prompt)
+    deltas = daemon.events("delta", job="secretive")
+    assert deltas and all("text" not in d and d["text_chars"] > 0 for d in deltas)
+    reply = daemon.events("reply", job="secretive")[0]
+    assert "text" not in reply and reply["text_bytes"] >= reply["text_chars"] > len(canary)
+    # The check can fail: the text is in the journal, and tail reads it from there.
+    tail = site.vigil("tail", "secretive", "--config", str(site.config_path))
+    assert tail.returncode == 0 and canary in tail.stdout
+
+
+@pytest.mark.timeout(120)
 def test_files_vigil_creates_are_owner_only_whatever_the_umask(site: Site) -> None:
     site.write_config([Job("private", "private beat", every="1s")])
     # Start the daemon from a shell that sets a wide-open umask first.

@@ -36,13 +36,14 @@ SLACK_S = 0.35  # how early a beat may seem to fire, measured between journal st
 # ---------------------------------------------------------------- helpers
 
 
-def write_config(site: Site, jobs: str, **daemon: str) -> None:
+def write_config(site: Site, jobs: str, **daemon: str | bool) -> None:
     """The [daemon] table the e2e site uses, then ``jobs`` (TOML text) as given."""
-    settings = {
+    settings: dict[str, str | bool] = {
         "state_dir": "state",
         "runtime_dir": "run",
         "key_file": "vigil.key",
         "drain_grace": "5s",
+        "log_content": True,  # these tests read replies from the log lines
         **daemon,
     }
     head = "\n".join(["[daemon]", *(f"{k} = {json.dumps(v)}" for k, v in settings.items())])

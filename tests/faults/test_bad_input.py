@@ -18,6 +18,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,6 +239,11 @@ CONFIG_CASES = [
         jobs=job(every='"0s"'),
     ),
     ConfigCase(
+        "interval-so-long-the-scheduler-overflows",
+        ("heartbeat[inbox].every: 36500d is too long: heartbeats must be at most 366d apart",),
+        jobs=job(every='"36500d"'),
+    ),
+    ConfigCase(
         "cron-value-out-of-range",
         (
             "heartbeat[inbox].cron: bad cron expression '*/61 * * * *': Error validating "
@@ -364,6 +370,14 @@ CONFIG_CASES = [
         raw='[daemon]\nstate_dir = "run/state"\nruntime_dir = "run"\nkey_file = "vigil.key"\n',
     ),
     ConfigCase(
+        "runtime-dir-inside-state-dir",
+        (
+            "daemon.runtime_dir: must not be inside state_dir {etc}/var: the runtime directory "
+            "holds plaintext and is wiped, the state directory is kept",
+        ),
+        raw='[daemon]\nstate_dir = "var"\nruntime_dir = "var/run"\nkey_file = "vigil.key"\n',
+    ),
+    ConfigCase(
         "tilde-path",
         ("daemon.key_file: '~/vigil.key': '~' is not expanded here; write the full path",),
         raw='[daemon]\nstate_dir = "/var/lib/x"\nruntime_dir = "/run/x"\n'
@@ -385,10 +399,53 @@ CONFIG_CASES = [
     ConfigCase(
         "webhook-not-http",
         (
-            "heartbeat[inbox].sink[#1].url: bad url 'ftp://example.org/hook': expected "
+            "heartbeat[inbox].sink[#1].url: bad url ftp://example.org/…: expected "
             "http://host[:port]/path or https://...",
         ),
         jobs=DEFAULT_JOB + '[[heartbeat.sink]]\ntype = "webhook"\nurl = "ftp://example.org/hook"\n',
+    ),
+    # Secrets in webhook URLs and headers: an error names the URL redacted (the path
+    # holds a Slack or Discord token), never a header's value.
+    ConfigCase(
+        "webhook-with-userinfo",
+        (
+            "heartbeat[inbox].sink[#1].url: bad url https://hooks.example.org/…: a user name or "
+            "password in the URL is refused (it would be sent and shown in clear); put "
+            "credentials in headers",
+        ),
+        jobs=DEFAULT_JOB
+        + '[[heartbeat.sink]]\ntype = "webhook"\n'
+        + 'url = "https://bot:hunter2@hooks.example.org/services/T0/B0/SECRET"\n',
+    ),
+    ConfigCase(
+        "webhook-bad-port",
+        (
+            "heartbeat[inbox].sink[#1].url: bad url https://hooks.example.org:70000/…: the port "
+            "must be a number from 1 to 65535",
+        ),
+        jobs=DEFAULT_JOB
+        + '[[heartbeat.sink]]\ntype = "webhook"\n'
+        + 'url = "https://hooks.example.org:70000/services/T0/B0/SECRET"\n',
+    ),
+    ConfigCase(
+        "webhook-bad-header-name",
+        (
+            "heartbeat[inbox].sink[#1].headers: bad header name 'X Token': use letters, digits "
+            "and !#$%&'*+-.^_`|~ (no spaces or colons)",
+        ),
+        jobs=DEFAULT_JOB
+        + '[[heartbeat.sink]]\ntype = "webhook"\nurl = "https://hooks.example.org/x"\n'
+        + 'headers = { "X Token" = "SECRET" }\n',
+    ),
+    ConfigCase(
+        "webhook-header-value-with-newline",
+        (
+            "heartbeat[inbox].sink[#1].headers.Authorization: the value contains a line break "
+            "or control character (not shown)",
+        ),
+        jobs=DEFAULT_JOB
+        + '[[heartbeat.sink]]\ntype = "webhook"\nurl = "https://hooks.example.org/x"\n'
+        + 'headers = { Authorization = "Bearer SECRET\\r\\nX-Evil: 1" }\n',
     ),
     ConfigCase(
         "toml-syntax-error",
@@ -427,7 +484,39 @@ def test_a_broken_config_is_refused_with_one_clear_line_per_problem(
     lines = [f"{path}: {p.replace('{etc}', str(etc.dir))}" for p in case.problems]
     assert (done.returncode, done.stderr) == (CONFIG_ERROR, error_lines(*lines))
     assert done.stdout == ""
+    assert "SECRET" not in done.stderr and "hunter2" not in done.stderr
     assert etc.tree() == before  # no state or runtime directory, lock, journal or mirror
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "over-the-sdk-buffer"])
+def test_a_prompt_file_that_cannot_be_sent_is_refused_at_load(etc: Etc, kind: str) -> None:
+    """A FIFO would block the load (and a reload) forever, a device never ends, and a
+    prompt over the SDK's 1 MiB message buffer would fail every beat as cli_died."""
+    if kind == "fifo":  # outside etc: the tree snapshot would block reading it too
+        prompt = Path(tempfile.mkdtemp(prefix="vigil-fifo-")) / "prompt.fifo"
+        os.mkfifo(prompt)
+        problem = f"prompt file {prompt} is not a regular file (a FIFO, socket or device)"
+        key = "prompt_file"
+    elif kind == "device":
+        prompt = Path("/dev/zero")
+        problem = f"prompt file {prompt} is not a regular file (a FIFO, socket or device)"
+        key = "prompt_file"
+    else:
+        prompt = etc.dir / "huge.md"
+        prompt.write_text("x" * 1_000_000)
+        problem = (
+            "the prompt is 1000002 bytes as sent (JSON); the Agent SDK's message buffer is "
+            "1048576 bytes, so at most 983040 fit"
+        )
+        key = "prompt_file"
+    path = etc.write(jobs=job(prompt_file=json.dumps(str(prompt))))
+    before = etc.tree()
+    done = run_vigil("run", "--config", str(path), cwd=etc.root, timeout=60)
+    assert (done.returncode, done.stderr) == (
+        CONFIG_ERROR,
+        error_lines(f"{path}: heartbeat[inbox].{key}: {problem}"),
+    )
+    assert etc.tree() == before
 
 
 @pytest.mark.parametrize(
@@ -777,3 +866,100 @@ def test_the_wrong_key_file_is_refused_and_the_journals_kept(copy: Copy) -> None
     )
     assert wrong.current_id != right.current_id
     assert copy.tree() == before
+
+
+# ---------------------------------------------------------------- truncation and rollback
+#
+# Deleting records leaves nothing that fails to authenticate: state_dir/heads (a sealed
+# commitment to every journal's last sequence, size and last record) is what catches it.
+
+
+# Records written after the last commitment (the daemon was killed mid-turn) are what a
+# crash may lose anyway; each case removes committed ones. ``seq``: the committed head.
+
+
+def _drop_last_records(copy: Copy, seq: int) -> str:
+    path = copy.journal("inbox")
+    path.write_bytes(b"".join(_lines(path)[: seq - 2]))
+    return "conversations/inbox.jsonl"
+
+
+def _drop_last_turn(copy: Copy, seq: int) -> str:
+    path = copy.journal("inbox")
+    keyring = Keyring.load(copy.key)
+    events = list(read_events(path, "inbox", keyring))[:seq]
+    last_start = max(i for i, e in enumerate(events) if e.get("type") == "turn_started")
+    path.write_bytes(b"".join(_lines(path)[:last_start]))
+    return "conversations/inbox.jsonl"
+
+
+def _drop_journal(copy: Copy, _seq: int) -> str:
+    copy.journal("inbox").unlink()
+    return "conversations/inbox.jsonl"
+
+
+def _drop_transcript(copy: Copy, _seq: int) -> str:
+    transcript = max((copy.state_dir / "transcripts").glob("*.jsonl"), key=os.path.getsize)
+    transcript.unlink()
+    return f"transcripts/{transcript.name}"
+
+
+ROLLBACKS = {
+    "last-records": (_drop_last_records, "truncated"),
+    "last-turn": (_drop_last_turn, "truncated"),
+    "whole-journal": (_drop_journal, "missing"),
+    "transcript": (_drop_transcript, "missing"),
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("case", list(ROLLBACKS))
+def test_removed_records_or_journals_are_refused_by_run_and_verify(copy: Copy, case: str) -> None:
+    from daemon.journal.heads import HeadsFile  # noqa: PLC0415  # only these tests need it
+
+    committed = HeadsFile(copy.state_dir, Keyring.load(copy.key)).load()
+    assert committed is not None  # the daemon that wrote the site committed its heads
+    spoil, kind = ROLLBACKS[case]
+    key = spoil(copy, committed["conversations/inbox.jsonl"].seq)
+    head = committed[key]
+    before = copy.tree()
+    heads = copy.state_dir / "heads"
+    run = copy.vigil("run")
+    assert run.returncode == JOURNAL_ERROR, run.stderr
+    lines = run.stderr.splitlines()
+    assert lines[0] == (
+        f"vigil: error: journals in {copy.state_dir} are behind what {heads} committed to "
+        "(truncation or rollback); nothing was changed:"
+    )
+    if kind == "missing":
+        assert lines[1] == (
+            f"  {key}: missing; it was committed with {head.seq} records ({head.size} bytes)"
+        )
+    else:
+        size = (copy.state_dir / key).stat().st_size
+        assert lines[1] == (
+            f"  {key}: holds {size} bytes; it was committed with {head.seq} records "
+            f"({head.size} bytes): records were removed (truncation or a restored backup)"
+        )
+    assert lines[2:] == [
+        f"Restore them from a backup; if they were removed or restored on purpose, delete "
+        f"{heads} and start again"
+    ]
+    assert copy.tree() == before  # nothing healed, recreated or committed
+    code, report = _verify(copy)
+    assert code == VERIFY_FAILED
+    listed = report["findings"]
+    assert isinstance(listed, list)
+    findings = [f for f in listed if f["kind"] == kind]
+    assert [(f["path"], f["seq"]) for f in findings] == [(str(copy.state_dir / key), head.seq)]
+    assert copy.tree() == before
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_an_untouched_site_passes_verify_with_its_heads(copy: Copy) -> None:
+    """The check can pass: a journal ahead of its head (the daemon was killed after
+    writing records it had not committed yet) is what a crash leaves, not rollback."""
+    _, report = _verify(copy)
+    assert report["findings"] == []
