@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from daemon.cli import cluster as cli_cluster
 from daemon.cli import live as cli_live
 from daemon.cli import mirror as cli_mirror
 from daemon.cli import operate as cli_operate
@@ -42,6 +43,7 @@ exit codes:
  11  fork refused: NEW_NAME already has a journal (or is a job with another cwd), TURN is
      not a completed turn of NAME, or NAME has no completed turn
  12  the turn `vigil send` started failed or was interrupted (the reason is on stderr)
+ 13  migrate refused a conversation or transcript: the database holds other records
 """
 
 
@@ -129,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_mirror.add_commands(sub, config_help)
     cli_live.add_commands(sub, config_help)
     cli_operate.add_commands(sub, config_help)
+    cli_cluster.add_commands(sub, config_help)
 
     dev = sub.add_parser(
         "dev-model",
@@ -181,6 +184,8 @@ def dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911  # one return pe
         return cli_live.run(args)
     if cli_operate.handles(args):
         return cli_operate.run(args)
+    if cli_cluster.handles(args):
+        return cli_cluster.run(args)
     if command == "key":
         return cmd_key(args.key_command, args.path)
     if command == "dev-model":

@@ -75,7 +75,9 @@ def add_commands(
         help="authenticate every journal record and compare the mirror with a fresh rebuild",
         description="Reads every journal (read-only) and reports torn tails, corruption, a "
         "newer format or a missing key by file, line and sequence number; then compares the "
-        f"live mirror with a fresh rebuild, row by row. Exit {VERIFY_FAILED} on any problem.",
+        f"live mirror with a fresh rebuild, row by row. Exit {VERIFY_FAILED} on any problem. "
+        "With [cluster]: authenticates every event and transcript record in PostgreSQL, "
+        "reported by conversation and sequence number (a cluster keeps no mirror).",
     )
     p.add_argument("--config", type=Path, default=None, help=config_help)
     p.add_argument("--json", action="store_true", help="the report as JSON")
@@ -224,7 +226,20 @@ def _progress_bar(*, enabled: bool) -> Iterator[Callable[[RebuildProgress], None
 
 
 def cmd_verify(config: Config, *, as_json: bool) -> int:
+    if config.cluster is not None:  # the records live in PostgreSQL
+        return _verify_cluster(config, as_json=as_json)
     report = verify(layout_of(config), keyring_of(config), config.daemon.mirror_file)
+    if as_json:
+        print_json(report.as_json())
+    else:
+        sys.stdout.write(report.render())
+    return 0 if report.ok else VERIFY_FAILED
+
+
+def _verify_cluster(config: Config, *, as_json: bool) -> int:
+    from daemon.ops.cluster_verify import verify_cluster  # noqa: PLC0415  # imports psycopg
+
+    report = verify_cluster(config, keyring_of(config), dict(os.environ))
     if as_json:
         print_json(report.as_json())
     else:

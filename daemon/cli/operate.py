@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.cli.args import job_name
 from daemon.cli.live import BEAT_REFUSED, NotRunning
@@ -28,6 +28,9 @@ from daemon.journal.lock import daemon_running
 from daemon.layout import Layout
 from daemon.ops.history import existing_journal
 from daemon.runtime.control import SOCKET_NAME, DaemonNotRunning, call
+
+if TYPE_CHECKING:
+    from daemon.ops.cluster import ClusterReader
 
 COMMANDS = frozenset({"send", "pause", "resume"})
 TURN_FAILED = 12
@@ -107,9 +110,16 @@ def run(args: argparse.Namespace) -> int:
     if args.next_beat:
         return cmd_queue(layout, name, text, as_json=args.json)
     ask(layout, {"op": "status"})  # no daemon: say so (exit 9) before anything else
-    path = existing_journal(config, name)
     keyring = Keyring.load(resolve_key_path(config.daemon.key_file))
-    return cmd_send(layout, path, keyring, name, text, as_json=args.json)
+    if config.cluster is not None:  # the events live in PostgreSQL
+        from daemon.ops.cluster import ClusterReader  # noqa: PLC0415  # imports psycopg
+
+        with ClusterReader(config, keyring) as reader:
+            reader.check_exists(name)
+            follower = ClusterTurnFollower(reader, name)
+            return cmd_send(layout, follower, name, text, as_json=args.json)
+    path = existing_journal(config, name)
+    return cmd_send(layout, TurnFollower(path, name, keyring), name, text, as_json=args.json)
 
 
 def ask(layout: Layout, request: dict[str, Any]) -> dict[str, Any]:
@@ -167,10 +177,8 @@ def cmd_queue(layout: Layout, name: str, text: str, *, as_json: bool) -> int:
     return 0
 
 
-def cmd_send(
-    layout: Layout, path: Path, keyring: Keyring, name: str, text: str, *, as_json: bool
-) -> int:
-    follower = TurnFollower(path, name, keyring)  # from the journal's end, before asking
+def cmd_send(layout: Layout, follower: TurnFollower, name: str, text: str, *, as_json: bool) -> int:
+    """``follower`` reads from the journal's end, made before asking the daemon."""
     answer = _checked("send", name, ask(layout, {"op": "send", "job": name, "text": text}))
     request = str(answer["request"])
     out = sys.stdout
@@ -302,3 +310,20 @@ class TurnFollower:
             turn.reason, turn.detail = event.get("reason"), event.get("detail")
             return True
         return False
+
+
+class ClusterTurnFollower(TurnFollower):
+    """The records appended to a conversation in PostgreSQL from now on (a cluster)."""
+
+    def __init__(self, reader: ClusterReader, name: str) -> None:  # the parent reads a file
+        self.reader, self.name = reader, name
+        self.last = 0
+        for seq, _ in reader.events(name):
+            self.last = seq
+
+    def poll(self) -> list[Event]:
+        events: list[Event] = []
+        for seq, event in self.reader.events(self.name, self.last):
+            self.last = seq
+            events.append(event)
+        return events

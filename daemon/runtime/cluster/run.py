@@ -19,6 +19,7 @@ from daemon.config.cluster import ClusterConfig
 from daemon.events import Event
 from daemon.runtime.cluster.backend import ClusterBackend
 from daemon.runtime.cluster.node import ClusterNode
+from daemon.runtime.cluster.routing import RoutedControl
 from daemon.runtime.control import SOCKET_NAME, ControlServer
 from daemon.runtime.reloading import Reloader
 from daemon.runtime.status import status_line
@@ -103,7 +104,7 @@ class ClusterRun:
         )
         node.join()
         preload_sdk()  # before READY: no beat stalls the loop importing it
-        control = ControlServer(sup.layout.runtime_dir / SOCKET_NAME, sup)
+        control = ControlServer(sup.layout.runtime_dir / SOCKET_NAME, RoutedControl(sup, node))
         await control.start()
         metrics = await sup._start_metrics()
         sup.status_extra = node.status
