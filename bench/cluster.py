@@ -7,11 +7,13 @@ PostgreSQL 15 (:mod:`daemon.testing.postgres`, loopback, ``fsync=on``, with
 (:class:`tests.cluster.fleet.Fleet`: the real SDK and CLI, lease 3 s as the tests),
 all on this machine. One run, in this order:
 
-(c) **Beats per minute with one, two and three nodes.** ``--conversations`` jobs (8)
-    that beat every ``--every`` (2 s, so always due: the nodes are saturated), each
-    turn streaming 25 deltas. Node A runs alone, then B joins, then C; after each join
-    the bench waits until placement spread the conversations over the live nodes, then
-    measures a fixed window (``--window``; 90 s, 45 s with ``--quick``): turns
+(c) **Beats per minute with one, two and three nodes.** ``--conversations`` jobs (12)
+    that beat every ``--every`` (1 s: always due, so the CPU, not the offered rate,
+    is the limit; each node's pool and turn limit are set to the number of jobs so
+    they are not), each reply streamed with 10 ms between deltas (a CLI stays live
+    between beats, as in a fleet that fits its pool). Node A runs alone, then B
+    joins, then C; after each join the bench waits until placement spread the
+    conversations over the live nodes, then measures a fixed window (``--window``; 90 s, 45 s with ``--quick``): turns
     completed on any node per minute.
 (b) **Statements and database CPU per beat**, over the same windows: deltas of
     ``pg_stat_database`` (``xact_commit``, ``tup_inserted``) and of
@@ -19,14 +21,17 @@ all on this machine. One run, in this order:
     included) of the postmaster and every PostgreSQL process, divided by the turns
     completed. Also the CPU per beat of the daemons alone and of their CLI processes.
     Lease renewals and heartbeats are included: they are what a beat costs in a fleet.
-(a) **Takeover time.** With three nodes running, again and again (``--kills``; 20,
+(a) **Takeover time.** The three nodes are restarted with the jobs beating every
+    ``--takeover-every`` (3 s, as the end-to-end test: not saturated, so the numbers
+    are the takeover's, not a CPU queue's). Again and again (``--kills``; 20,
     6 with ``--quick``): pick the next node in turn, SIGKILL it the moment it logs a
     ``delta`` of one of its conversations (mid-stream), then time, for each
     conversation it held (its lease rows), kill -> ``conversation_acquired`` on a
     survivor and kill -> that conversation's first ``delta`` log line on a survivor
     (times are when the bench read the lines). The killed node is restarted at once so
-    the fleet stays at three, and the next kill waits until placement gave it back
-    conversations. Median and p99, against the target p99 <= lease + 5 s.
+    the fleet stays at three, and each kill waits until placement has spread the
+    conversations over all three again. Median and p99, against the target
+    p99 <= lease + 5 s.
 
 On a 2-core machine three nodes, their CLIs, the model and PostgreSQL share the same
 cores: more nodes show overhead, not scale. The bench says so, and extrapolates from
@@ -60,6 +65,7 @@ from tests.cluster.fleet import Fleet
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LEASE_S = 3.0
 NODES = ("node-a", "node-b", "node-c")
+SLOW_MS = 10  # between streamed deltas: a kill lands mid-stream
 
 
 # ---------------------------------------------------------------- measuring
@@ -282,10 +288,11 @@ def kill_one(fleet: Fleet, live: dict[str, Daemon], victim: str) -> Kill:
     return Kill(victim, len(moved), acquired, first)
 
 
-def takeovers(fleet: Fleet, kills: int, live: dict[str, Daemon]) -> list[Kill]:
+def takeovers(fleet: Fleet, names: list[str], kills: int, live: dict[str, Daemon]) -> list[Kill]:
     results: list[Kill] = []
     for i in range(kills):
         victim = NODES[i % len(NODES)]
+        spread(fleet, names, list(NODES), 180)  # a settled fleet of three before each kill
         kill = kill_one(fleet, live, victim)
         results.append(kill)
         log(
@@ -337,6 +344,11 @@ def report_windows(windows: list[Window]) -> None:
             f"  A node with its own 2 cores sustains about {2 * 60 / node:.0f} beats/min "
             f"(CPU-bound: {node:.2f} CPU-s per beat); 4 cores about {4 * 60 / node:.0f}."
         )
+        print(
+            "  These beats resume a live CLI (every conversation fits its node's pool); a "
+            "beat that starts a CLI costs about 1.25 CPU-s more (bench/fleet.py), so a "
+            "2-core node that starts a CLI per beat sustains 30 to 60 beats/min."
+        )
     if db > 0:
         print(
             f"  One PostgreSQL core absorbs about {60 / db:.0f} beats/min: about "
@@ -370,13 +382,37 @@ def report_kills(kills: list[Kill]) -> None:
 # ---------------------------------------------------------------- main
 
 
+def with_statement_counts(server: PostgresServer) -> str:
+    """Load pg_stat_statements, create the database ``vigil``; its DSN."""
+    server.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    server.restart()
+    dsn = server.create_database("vigil")
+    server.psql("CREATE EXTENSION pg_stat_statements", "vigil")
+    return dsn
+
+
+def restart_all(
+    fleet: Fleet, live: dict[str, Daemon], jobs: list[tuple[str, str]], every: str
+) -> None:
+    """Stop every node (SIGTERM), give all the same jobs beating every ``every``, start."""
+    log(f"(a) restarting the three nodes with every = {every}")
+    for daemon in live.values():
+        daemon.terminate()
+    for node in NODES:
+        fleet.write_config(node, jobs, every=every)
+        live[node] = fleet.start(node, ready=False)
+    for daemon in live.values():
+        daemon.wait_ready()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="6 kills, 45 s windows (~6 min)")
     parser.add_argument("--kills", type=int, help="SIGKILLs to time (default 20; 6 quick)")
     parser.add_argument("--window", type=float, help="seconds per window (90; 45 quick)")
-    parser.add_argument("--conversations", type=int, default=8)
-    parser.add_argument("--every", default="2s")
+    parser.add_argument("--conversations", type=int, default=12)
+    parser.add_argument("--every", default="1s", help="beat interval for (b) and (c)")
+    parser.add_argument("--takeover-every", default="3s", help="beat interval for (a)")
     args = parser.parse_args(argv)
     kills = args.kills or (6 if args.quick else 20)
     window = args.window or (45.0 if args.quick else 90.0)
@@ -387,15 +423,15 @@ def main(argv: list[str] | None = None) -> int:
     model: LoopbackModel | None = None
     fleet: Fleet | None = None
     try:
-        server.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
-        server.restart()
-        dsn = server.create_database("vigil")
-        server.psql("CREATE EXTENSION pg_stat_statements", "vigil")
+        dsn = with_statement_counts(server)
         model = LoopbackModel()
         fleet = Fleet(dsn, model, lease=f"{LEASE_S:g}s")
-        jobs = [(n, f"{n} beat [slow:25]") for n in names]
+        jobs = [(n, f"{n} beat [slow:{SLOW_MS}]") for n in names]
+        pool = len(names)  # neither the pool nor the turn limit caps a node: the CPU does
         for node in NODES:
-            fleet.write_config(node, jobs, every=args.every)
+            fleet.write_config(
+                node, jobs, every=args.every, max_live_clients=pool, max_concurrent_turns=pool
+            )
         live: dict[str, Daemon] = {}
         with psycopg.connect(dsn, autocommit=True) as admin:
             windows = throughput(
@@ -403,7 +439,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         report_windows(windows)
         sys.stdout.flush()
-        kill_results = takeovers(fleet, kills, live)
+        restart_all(fleet, live, jobs, args.takeover_every)
+        print(
+            f"\n(a) {len(names)} conversations beating every {args.takeover_every} "
+            f"(replies stream deltas {SLOW_MS} ms apart)"
+        )
+        kill_results = takeovers(fleet, names, kills, live)
         report_kills(kill_results)
         print(
             f"\nrun took {(time.monotonic() - started) / 60:.1f} min; load average at the "
