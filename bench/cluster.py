@@ -13,8 +13,8 @@ all on this machine. One run, in this order:
     they are not), each reply streamed with 10 ms between deltas (a CLI stays live
     between beats, as in a fleet that fits its pool). Node A runs alone, then B
     joins, then C; after each join the bench waits until placement spread the
-    conversations over the live nodes, then measures a fixed window (``--window``; 90 s, 45 s with ``--quick``): turns
-    completed on any node per minute.
+    conversations over the live nodes, then measures a fixed window (``--window``;
+    90 s, 45 s with ``--quick``): turns completed on any node per minute.
 (b) **Statements and database CPU per beat**, over the same windows: deltas of
     ``pg_stat_database`` (``xact_commit``, ``tup_inserted``) and of
     ``pg_stat_statements`` (calls), and the CPU (utime + stime, exited children
