@@ -7,7 +7,7 @@ PostgreSQL 15 (:mod:`daemon.testing.postgres`, loopback, ``fsync=on``, with
 (:class:`tests.cluster.fleet.Fleet`: the real SDK and CLI, lease 3 s as the tests),
 all on this machine. One run, in this order:
 
-(c) **Beats per minute with one, two and three nodes.** ``--conversations`` jobs (12)
+(c) **Beats per minute with one, two and three nodes.** ``--conversations`` jobs (24)
     that beat every ``--every`` (1 s: always due, so the CPU, not the offered rate,
     is the limit; each node's pool and turn limit are set to the number of jobs so
     they are not), each reply streamed with 10 ms between deltas (a CLI stays live
@@ -21,9 +21,9 @@ all on this machine. One run, in this order:
     included) of the postmaster and every PostgreSQL process, divided by the turns
     completed. Also the CPU per beat of the daemons alone and of their CLI processes.
     Lease renewals and heartbeats are included: they are what a beat costs in a fleet.
-(a) **Takeover time.** The three nodes are restarted with the jobs beating every
-    ``--takeover-every`` (3 s, as the end-to-end test: not saturated, so the numbers
-    are the takeover's, not a CPU queue's). Again and again (``--kills``; 20,
+(a) **Takeover time.** The three nodes are restarted with ``--takeover-conversations``
+    of the jobs (12) beating every ``--takeover-every`` (3 s, as the end-to-end test:
+    not saturated, so the numbers are the takeover's, not a CPU queue's). Again and again (``--kills``; 20,
     6 with ``--quick``): pick the next node in turn, SIGKILL it the moment it logs a
     ``delta`` of one of its conversations (mid-stream), then time, for each
     conversation it held (its lease rows), kill -> ``conversation_acquired`` on a
@@ -56,6 +56,7 @@ import psycopg
 from bench.fleet import cpu_ticks, load_average, log
 from daemon.cluster.db import Database
 from daemon.cluster.view import cluster_view
+from daemon.durations import parse_duration
 from daemon.testing.harness import LoopbackModel
 from daemon.testing.postgres import PostgresServer
 from daemon.testing.process import Daemon, HarnessError, LogLine
@@ -307,12 +308,16 @@ def takeovers(fleet: Fleet, names: list[str], kills: int, live: dict[str, Daemon
 # ---------------------------------------------------------------- report
 
 
-def report_windows(windows: list[Window]) -> None:
-    print("\n(c) beats per minute against one PostgreSQL (all on this machine)")
+def report_windows(windows: list[Window], *, offered: float) -> None:
+    print(
+        f"\n(c) beats per minute against one PostgreSQL (all on this machine; "
+        f"offered {offered:.0f})"
+    )
     for w in windows:
+        capped = "  (near the offered rate: not saturated)" if w.per_minute > 0.9 * offered else ""
         print(
             f"  {w.nodes} node(s): {w.per_minute:6.1f} beats/min ({w.beats} in {w.seconds:.0f}s)"
-            f"  load {w.before.loadavg} -> {w.after.loadavg}"
+            f"  load {w.before.loadavg} -> {w.after.loadavg}{capped}"
         )
     print(
         f"  On {os.cpu_count()} cores the nodes, their CLIs, the model and PostgreSQL share "
@@ -410,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="6 kills, 45 s windows (~6 min)")
     parser.add_argument("--kills", type=int, help="SIGKILLs to time (default 20; 6 quick)")
     parser.add_argument("--window", type=float, help="seconds per window (90; 45 quick)")
-    parser.add_argument("--conversations", type=int, default=12)
+    parser.add_argument("--conversations", type=int, default=24, help="for (b) and (c)")
+    parser.add_argument("--takeover-conversations", type=int, default=12, help="for (a)")
     parser.add_argument("--every", default="1s", help="beat interval for (b) and (c)")
     parser.add_argument("--takeover-every", default="3s", help="beat interval for (a)")
     args = parser.parse_args(argv)
@@ -437,9 +443,12 @@ def main(argv: list[str] | None = None) -> int:
             windows = throughput(
                 fleet=fleet, server=server, admin=admin, names=names, window=window, live=live
             )
-        report_windows(windows)
+        report_windows(
+            windows, offered=len(names) * 60 / parse_duration(args.every).total_seconds()
+        )
         sys.stdout.flush()
-        restart_all(fleet, live, jobs, args.takeover_every)
+        names = names[: args.takeover_conversations]
+        restart_all(fleet, live, jobs[: len(names)], args.takeover_every)
         print(
             f"\n(a) {len(names)} conversations beating every {args.takeover_every} "
             f"(replies stream deltas {SLOW_MS} ms apart)"
