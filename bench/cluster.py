@@ -23,15 +23,15 @@ all on this machine. One run, in this order:
     Lease renewals and heartbeats are included: they are what a beat costs in a fleet.
 (a) **Takeover time.** The three nodes are restarted with ``--takeover-conversations``
     of the jobs (12) beating every ``--takeover-every`` (3 s, as the end-to-end test:
-    not saturated, so the numbers are the takeover's, not a CPU queue's). Again and again (``--kills``; 20,
-    6 with ``--quick``): pick the next node in turn, SIGKILL it the moment it logs a
-    ``delta`` of one of its conversations (mid-stream), then time, for each
-    conversation it held (its lease rows), kill -> ``conversation_acquired`` on a
-    survivor and kill -> that conversation's first ``delta`` log line on a survivor
-    (times are when the bench read the lines). The killed node is restarted at once so
-    the fleet stays at three, and each kill waits until placement has spread the
-    conversations over all three again. Median and p99, against the target
-    p99 <= lease + 5 s.
+    not saturated, so the numbers are the takeover's, not a CPU queue's). Again and
+    again (``--kills``; 20, 6 with ``--quick``): pick the next node in turn, SIGKILL
+    it the moment it logs a ``delta`` of one of its conversations (mid-stream), then
+    time, for each conversation it held (its lease rows), kill ->
+    ``conversation_acquired`` on a survivor and kill -> that conversation's first
+    ``delta`` log line on a survivor (times are when the bench read the lines). The
+    killed node is restarted at once so the fleet stays at three, and each kill waits
+    until placement has spread the conversations over all three again. Median and
+    p99, against the target p99 <= lease + 5 s.
 
 On a 2-core machine three nodes, their CLIs, the model and PostgreSQL share the same
 cores: more nodes show overhead, not scale. The bench says so, and extrapolates from
