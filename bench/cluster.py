@@ -256,7 +256,7 @@ def wait_line(
     return at - since
 
 
-def kill_one(fleet: Fleet, live: dict[str, Daemon], victim: str) -> Kill:
+def kill_one(fleet: Fleet, live: dict[str, Daemon], victim: str, names: list[str]) -> Kill:
     """SIGKILL ``victim`` on a delta of one of its conversations; time the takeover."""
     daemon = live[victim]
     mine: set[str] = set()
@@ -272,7 +272,8 @@ def kill_one(fleet: Fleet, live: dict[str, Daemon], victim: str) -> Kill:
         lambda x: x.get("event") == "delta" and x.get("job") in mine, 60, what="a delta"
     )
     killed_at = daemon.received[daemon.lines.index(line)]
-    moved = sorted(c for c, o in owners(fleet, expired=True).items() if o == victim)
+    held_at_kill = owners(fleet, expired=True).items()
+    moved = sorted(c for c, o in held_at_kill if o == victim and c in names)
     acquired, first = [], []
     for name in moved:
         acquired.append(
@@ -294,7 +295,7 @@ def takeovers(fleet: Fleet, names: list[str], kills: int, live: dict[str, Daemon
     for i in range(kills):
         victim = NODES[i % len(NODES)]
         spread(fleet, names, list(NODES), 180)  # a settled fleet of three before each kill
-        kill = kill_one(fleet, live, victim)
+        kill = kill_one(fleet, live, victim, names)
         results.append(kill)
         log(
             f"(a) kill {i + 1}/{kills}: {victim}, {kill.moved} moved; first delta after "
