@@ -30,7 +30,7 @@ from daemon.mirror.database import MirrorError
 from daemon.mirror.db import Mirror
 from daemon.mirror.rebuild import RebuildProgress, events_feed, rebuild
 from daemon.mirror.workers import Job, RebuildWorkerError, WorkerPool
-from daemon.ops.verify import check_index
+from daemon.ops.verify_mirror import check_index
 from jobs.budget import local_day_bounds
 
 AT = "2026-11-21T10:00:00.000Z"

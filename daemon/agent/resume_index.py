@@ -100,6 +100,31 @@ def read_at(
     return out
 
 
+def recent(
+    path: Path, stream_id: str, keyring: Keyring, index: ViewIndex
+) -> tuple[set[str], Any] | None:
+    """What an append needs (the uuids it must not store twice, the last summary's
+    data) from the records since the last compaction and those the view keeps, so the
+    first append after a start does not read a months-long history. Enough: a resume
+    materializes only those entries, so only they can come back (and ``load`` drops
+    duplicates anyway). None when the index does not fit the file, or no summary."""
+    tail = read_from(path, stream_id, keyring, index.boundary)
+    kept = read_at(path, stream_id, keyring, index.keep)
+    if tail is None or kept is None:
+        return None
+    summaries = [p.record for p in tail.records if p.record.get("kind") == "summary"]
+    if not summaries:
+        return None
+    uuids: set[str] = set()
+    for positioned in [*kept, *tail.records]:
+        if positioned.record.get("kind") == "entries":
+            for entry in positioned.record["entries"]:
+                uid = entry.get("uuid")
+                if isinstance(uid, str):
+                    uuids.add(uid)
+    return uuids, summaries[-1]["data"]
+
+
 @dataclass(frozen=True)
 class Tail:
     records: list[Positioned]

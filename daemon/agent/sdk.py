@@ -17,9 +17,10 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from daemon import events as ev
+from daemon.agent.boundary import compacted_event, whole
 from daemon.agent.store import JournalSessionStore
 from daemon.events import Event
 from daemon.ports.agent import (
@@ -29,6 +30,7 @@ from daemon.ports.agent import (
     Emit,
     TurnOutcome,
 )
+from daemon.ports.transcripts import TranscriptStore
 
 if TYPE_CHECKING:
     from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
@@ -170,31 +172,8 @@ def translate(  # noqa: PLR0911  # one return per SDK message type reads best
             )
         ]
     if isinstance(message, SystemMessage) and message.subtype == "compact_boundary":
-        return [_compacted(turn, message.data)]
+        return [compacted_event(turn, message.data)]
     return []
-
-
-def _compacted(turn: int, data: dict[str, Any]) -> Event:
-    """The ``compacted`` event for a ``compact_boundary`` message's data (tolerant: a
-    field the CLI leaves out is None)."""
-    meta = data.get("compact_metadata")
-    meta = meta if isinstance(meta, dict) else {}
-    kept = meta.get("preserved_messages")
-    uuids = kept.get("uuids") if isinstance(kept, dict) else None
-    return ev.compacted(
-        turn,
-        trigger=str(meta.get("trigger") or "auto"),
-        pre_tokens=_int(meta.get("pre_tokens")),
-        post_tokens=_int(meta.get("post_tokens")),
-        preserved=len(uuids) if isinstance(uuids, list) else 0,
-        boundary_uuid=data.get("uuid") if isinstance(data.get("uuid"), str) else None,
-        dropped_tokens=_int(meta.get("cumulative_dropped_tokens")),
-        duration_ms=_int(meta.get("duration_ms")),
-    )
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 USAGE_CONTEXT_KEYS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
@@ -211,21 +190,10 @@ def context_tokens_of(message: object) -> int | None:
     usage = message.usage
     if not isinstance(usage, dict):
         return None
-    counts = [_int(usage.get(key)) for key in USAGE_CONTEXT_KEYS]
+    counts = [whole(usage.get(key)) for key in USAGE_CONTEXT_KEYS]
     if counts[0] is None:
         return None
     return sum(n or 0 for n in counts)
-
-
-class TranscriptStore(Protocol):
-    """The SDK's ``SessionStore`` as vigil implements it (files, or PostgreSQL), plus
-    the write failure the SDK swallowed for a session, if any."""
-
-    def take_failure(self, session_id: str) -> Exception | None: ...
-
-    def load_whole_next(self, session_id: str) -> None:
-        """The next ``load`` of ``session_id`` returns the whole transcript (a resume
-        cut at an entry that may lie before the last compaction)."""
 
 
 class AgentSession:

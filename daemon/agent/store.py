@@ -36,14 +36,12 @@ right now) is left out of ``load`` and cut off only by this store's next ``appen
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daemon.agent.resume_index import INDEX_SUFFIX, ViewIndex, load_view, remove_index
+from daemon.agent.resume_index import ViewIndex, load_view, recent, remove_index
+from daemon.agent.streams import KeyTuple, Stream, key_tuple, stream_digest
 from daemon.errors import JournalFatalError, JournalWriteError
 from daemon.fsutil import ensure_private_dir, fsync_dir
 from daemon.journal.file import JOURNAL_SUFFIX, FsyncPolicy, Journal
@@ -59,35 +57,6 @@ if TYPE_CHECKING:  # the SDK is imported where it is used (about a second; see a
         SessionStoreListEntry,
         SessionSummaryEntry,
     )
-
-KeyTuple = tuple[str, str, str | None]
-
-
-def _digest(key: KeyTuple) -> str:
-    return hashlib.sha256(json.dumps(list(key)).encode("utf-8")).hexdigest()[:32]
-
-
-def _key_tuple(key: SessionKey | SessionListSubkeysKey) -> KeyTuple:
-    subpath = key.get("subpath")
-    return (key["project_key"], key["session_id"], subpath if isinstance(subpath, str) else None)
-
-
-@dataclass
-class _Stream:
-    key: KeyTuple
-    path: Path
-    stream_id: str
-    last_seq: int = 0
-    size: int = 0
-    digest: str = ""  # of the last record (what state_dir/heads commits to)
-    loaded: bool = False  # uuids/summary below are known
-    uuids: set[str] = field(default_factory=set)
-    summary: SessionSummaryEntry | None = None
-    view: ViewIndex | None = None  # where its resume view lies (main streams)
-
-    @property
-    def index_path(self) -> Path:
-        return self.path.with_suffix(INDEX_SUFFIX)
 
 
 class JournalSessionStore:
@@ -109,7 +78,7 @@ class JournalSessionStore:
         self.resume_view = resume_view
         self._whole_next: set[str] = set()
         self.loads: Counter[str] = Counter()  # "view", "view_indexed", "whole"
-        self._streams: dict[str, _Stream] | None = None
+        self._streams: dict[str, Stream] | None = None
         self._failures: dict[str, JournalWriteError | JournalFatalError] = {}
         self._dead: JournalFatalError | None = None
 
@@ -127,7 +96,7 @@ class JournalSessionStore:
             raise
 
     def _append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
-        stream = self._stream_for(_key_tuple(key), create=True)
+        stream = self._stream_for(key_tuple(key), create=True)
         assert stream is not None  # noqa: S101  # create=True always returns one
         self._ensure_loaded(stream)
         fresh: list[SessionStoreEntry] = []
@@ -156,7 +125,7 @@ class JournalSessionStore:
             stream.summary = summary
 
     async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
-        stream = self._stream_for(_key_tuple(key), create=False)
+        stream = self._stream_for(key_tuple(key), create=False)
         if stream is None:
             return None
         if self.resume_view and stream.key[2] is None:
@@ -200,7 +169,7 @@ class JournalSessionStore:
         return out
 
     async def delete(self, key: SessionKey) -> None:
-        target = _key_tuple(key)
+        target = key_tuple(key)
         self._discover()
         streams = self._all_streams()
         doomed = [
@@ -263,7 +232,7 @@ class JournalSessionStore:
 
     # --- internals -----------------------------------------------------------------------
 
-    def _all_streams(self) -> dict[str, _Stream]:
+    def _all_streams(self) -> dict[str, Stream]:
         if self._streams is None:
             self._streams = {}
             self._discover()
@@ -279,7 +248,7 @@ class JournalSessionStore:
                 continue
             key = self._read_key(path)
             if key is not None:
-                streams[d] = _Stream(key, path, f"t:{d}")
+                streams[d] = Stream(key, path, f"t:{d}")
                 found = True
         return found
 
@@ -297,15 +266,15 @@ class JournalSessionStore:
             return None
         return (record["project_key"], record["session_id"], record.get("subpath"))
 
-    def _stream_for(self, key: KeyTuple, *, create: bool) -> _Stream | None:
+    def _stream_for(self, key: KeyTuple, *, create: bool) -> Stream | None:
         streams = self._all_streams()
-        d = _digest(key)
+        d = stream_digest(key)
         stream = streams.get(d)
         if stream is None and (self.directory / f"{d}{JOURNAL_SUFFIX}").exists():
             self._discover()  # written by another process since we listed the directory
             stream = streams.get(d)
         if stream is None and create:
-            stream = _Stream(key, self.directory / f"{d}{JOURNAL_SUFFIX}", f"t:{d}", loaded=True)
+            stream = Stream(key, self.directory / f"{d}{JOURNAL_SUFFIX}", f"t:{d}", loaded=True)
             header = {
                 "kind": "key",
                 "project_key": key[0],
@@ -316,7 +285,7 @@ class JournalSessionStore:
             streams[d] = stream
         return stream
 
-    def _open(self, stream: _Stream) -> Journal:
+    def _open(self, stream: Stream) -> Journal:
         if stream.size:
             return Journal.reopen(
                 stream.path,
@@ -329,7 +298,7 @@ class JournalSessionStore:
             )
         return Journal.open(stream.path, stream.stream_id, self.keyring, fsync=self.fsync)
 
-    def _write(self, stream: _Stream, payloads: list[bytes]) -> None:
+    def _write(self, stream: Stream, payloads: list[bytes]) -> None:
         if self._dead is not None:
             # fsync failed before: the kernel may have dropped written pages, so no
             # write may follow (the SDK would retry on a fresh descriptor); the daemon
@@ -349,7 +318,7 @@ class JournalSessionStore:
             stream.digest = journal.last_digest
             journal.close()
 
-    def _records(self, stream: _Stream) -> list[dict[str, Any]]:
+    def _records(self, stream: Stream) -> list[dict[str, Any]]:
         """Every complete record, read-only (a torn tail is cut by the next append:
         ``_open`` sees the file is longer than ``stream.size`` and recovers it)."""
         records: list[dict[str, Any]] = []
@@ -363,7 +332,7 @@ class JournalSessionStore:
         stream.digest = result.last_digest
         return records
 
-    def _load_view(self, stream: _Stream) -> list[SessionStoreEntry]:
+    def _load_view(self, stream: Stream) -> list[SessionStoreEntry]:
         """What a resume needs (``resume_index.load_view``), its index kept up to date."""
         index = stream.view or ViewIndex.read(stream.index_path)
         got = load_view(stream.path, stream.stream_id, self.keyring, index)
@@ -377,8 +346,8 @@ class JournalSessionStore:
         self.loads["whole" if got.index is None else "view" if got.full else "view_indexed"] += 1
         return got.entries  # type: ignore[return-value]  # entries are opaque SDK dicts
 
-    def _ensure_loaded(self, stream: _Stream) -> None:
-        if stream.loaded:
+    def _ensure_loaded(self, stream: Stream) -> None:
+        if stream.loaded or self._load_recent(stream):
             return
         for record in self._records(stream):
             kind = record.get("kind")
@@ -395,6 +364,20 @@ class JournalSessionStore:
                 }
         stream.loaded = True
 
+    def _load_recent(self, stream: Stream) -> bool:
+        """What an append needs, from the records since the last compaction
+        (``resume_index.recent``); False when there is no usable index."""
+        if not self.resume_view or stream.key[2] is not None:
+            return False
+        index = stream.view or ViewIndex.read(stream.index_path)
+        got = None if index is None else recent(stream.path, stream.stream_id, self.keyring, index)
+        if got is None:
+            return False
+        stream.uuids, summary = got
+        stream.summary = {"session_id": stream.key[1], "mtime": 0, "data": summary}
+        stream.loaded = True
+        return True
+
     @staticmethod
-    def _mtime_ms(stream: _Stream) -> int:
+    def _mtime_ms(stream: Stream) -> int:
         return stream.path.stat().st_mtime_ns // 1_000_000

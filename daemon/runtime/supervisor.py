@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.agent.pool import ClientPool
-from daemon.agent.sdk import AgentSession, TranscriptStore, start_sdk_import
+from daemon.agent.sdk import AgentSession, start_sdk_import
 from daemon.agent.store import JournalSessionStore
 from daemon.config.model import Config
 from daemon.errors import DirectoryError, VigilError
@@ -36,6 +36,7 @@ from daemon.mirror.live import LiveMirror
 from daemon.ports.agent import AgentDriver, AgentSpec
 from daemon.ports.clock import Clock, SystemClock
 from daemon.ports.eventlog import EventLogStore
+from daemon.ports.transcripts import TranscriptStore
 from daemon.runtime.alerts import Alerts
 from daemon.runtime.context import AgentFactory, Health, MirrorSink, Runtime, TranscriptIndex
 from daemon.runtime.control import SOCKET_NAME, ControlServer

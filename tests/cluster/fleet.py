@@ -68,12 +68,15 @@ class Fleet:
         *,
         every: str = "1s",
         key_path: Path | None = None,
-        **daemon: str | int,
+        **daemon: str | int | bool,
     ) -> Path:
-        """Node ``node``'s config: ``jobs`` as (name, prompt), each with a file sink."""
+        """Node ``node``'s config: ``jobs`` as (name, prompt), each with a file sink.
+        The nodes log conversation text (``log_content``): the checks compare the deltas
+        a node showed with the journal."""
         home = self.root / node
         home.mkdir(exist_ok=True)
-        settings: dict[str, str | int] = {
+        settings: dict[str, str | int | bool] = {
+            "log_content": True,
             "state_dir": str(home / "state"),
             "runtime_dir": str(home / "run"),
             "key_file": str(key_path or self.key_path),

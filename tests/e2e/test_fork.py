@@ -79,6 +79,14 @@ def test_fork_at_a_turn_sees_history_up_to_it_and_the_source_goes_on_unchanged(
     for prompt in ("alpha two", "alpha three"):
         _reload(site, daemon, [_alpha(prompt)])
         assert _beat(site, daemon, "alpha")["status"] == "completed"
+    # The last turn's reply is delivered after its end: the source is quiet only then.
+    daemon.wait_for(
+        lambda x: (
+            x.get("job") == "alpha" and x.get("event") == "delivery_done" and x.get("turn") == 3
+        ),
+        TURN_WAIT_S,
+        what="the delivery of alpha's turn 3",
+    )
     alpha_session = site.view("alpha").session_id
     source_bytes = site.journal_path("alpha").read_bytes()
     transcripts = site.state_dir / "transcripts"

@@ -186,7 +186,10 @@ CONFIG_CASES = [
     ),
     ConfigCase(
         "misspelled-section",
-        ("deamon: unknown key 'deamon'; did you mean 'daemon'? (known keys: daemon, heartbeat, cluster)",),
+        (
+            "deamon: unknown key 'deamon'; did you mean 'daemon'? "
+            "(known keys: daemon, heartbeat, cluster)",
+        ),
         raw='[deamon]\nfsync = "turn"\n',
     ),
     ConfigCase(
