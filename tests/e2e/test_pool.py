@@ -153,8 +153,11 @@ def test_a_dead_cli_is_replaced_with_resume_and_idle_clients_are_let_go(site: Si
     while status(site)["live_clients"] > 0:
         assert time.monotonic() < deadline, status(site)
         time.sleep(0.2)
-    live, zombies = children(daemon.pid)
-    assert live == [] and zombies == []
+    # A let-go client's CLI finishes its orderly exit on its own time (the pool counts
+    # it until then); it must be gone, reaped, within the SDK's bounded close.
+    while (found := children(daemon.pid)) != ([], []):
+        assert time.monotonic() < deadline + 20, found
+        time.sleep(0.2)
     assert control(site, "beat", job="idler") == {"ok": True}
     wait_completed(daemon, 4, timeout=120)
     assert parse_reply(site.history("idler")[1]["reply"]).n == 2

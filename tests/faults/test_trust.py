@@ -171,7 +171,8 @@ def test_one_daemon_per_runtime_dir_and_what_a_start_finds_there(
         victim.write_bytes(b"not a mirror")
         (run / "mirror.sqlite3").symlink_to(victim)
         run.chmod(0o700)
-        site.state_dir.mkdir(mode=0o755)  # readable by others: tightened, not refused
+        site.state_dir.mkdir()
+        site.state_dir.chmod(0o755)  # readable by others (whatever the umask): tightened
 
         first = site.start()
         first.wait_event("turn_completed", 60, job="inbox")
