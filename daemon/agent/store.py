@@ -48,6 +48,7 @@ from daemon.journal.file import JOURNAL_SUFFIX, FsyncPolicy, Journal
 from daemon.journal.framing import decode_payload, encode_payload, open_line
 from daemon.journal.keyring import Keyring
 from daemon.journal.scan import scan
+from daemon.ports.transcripts import new_entries
 
 if TYPE_CHECKING:  # the SDK is imported where it is used (about a second; see agent.py)
     from claude_agent_sdk.types import (
@@ -99,15 +100,7 @@ class JournalSessionStore:
         stream = self._stream_for(key_tuple(key), create=True)
         assert stream is not None  # noqa: S101  # create=True always returns one
         self._ensure_loaded(stream)
-        fresh: list[SessionStoreEntry] = []
-        fresh_uuids: set[str] = set()
-        for entry in entries:
-            uid = entry.get("uuid")
-            if isinstance(uid, str):
-                if uid in stream.uuids or uid in fresh_uuids:
-                    continue
-                fresh_uuids.add(uid)
-            fresh.append(entry)
+        fresh, fresh_uuids = new_entries(entries, stream.uuids)
         if not fresh:
             return
         payloads = [encode_payload({"kind": "entries", "entries": fresh})]

@@ -49,6 +49,7 @@ from daemon.cluster.errors import RecordCorruptError, UnboundSession
 from daemon.cluster.leases import Leases
 from daemon.errors import JournalWriteError, OwnershipLost
 from daemon.journal.framing import FrameError, decode_payload, encode_payload, open_line, seal
+from daemon.ports.transcripts import new_entries
 
 if TYPE_CHECKING:  # the SDK is imported where it is used (about a second to import)
     from claude_agent_sdk.types import (
@@ -221,15 +222,7 @@ class PgTranscriptStore:
         cache = self._caches.get(digest)
         if cache is None or cache.epoch != epoch:
             cache = self._read_cache(target, epoch)  # first append, or after a takeover
-        fresh: list[SessionStoreEntry] = []
-        fresh_uuids: set[str] = set()
-        for entry in entries:
-            uid = entry.get("uuid")
-            if isinstance(uid, str):
-                if uid in cache.uuids or uid in fresh_uuids:
-                    continue
-                fresh_uuids.add(uid)
-            fresh.append(entry)
+        fresh, fresh_uuids = new_entries(entries, cache.uuids)
         if not fresh:
             return
         payloads = [encode_payload({"kind": "entries", "entries": fresh})]

@@ -6,9 +6,9 @@ Implementations: :class:`daemon.agent.store.JournalSessionStore` (files) and
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["TranscriptStore"]
+__all__ = ["TranscriptStore", "new_entries"]
 
 
 class TranscriptStore(Protocol):
@@ -20,3 +20,19 @@ class TranscriptStore(Protocol):
     def load_whole_next(self, session_id: str) -> None:
         """The next ``load`` of ``session_id`` returns the whole transcript (a resume
         cut at an entry that may lie before the last compaction)."""
+
+
+def new_entries(entries: list[Any], known: set[str]) -> tuple[list[Any], set[str]]:
+    """The entries of an append batch to store (appends are idempotent on uuid: one
+    whose uuid is ``known``, or already earlier in the batch, is dropped) and their
+    uuids. Entries without a uuid are always stored."""
+    fresh: list[Any] = []
+    fresh_uuids: set[str] = set()
+    for entry in entries:
+        uid = entry.get("uuid")
+        if isinstance(uid, str):
+            if uid in known or uid in fresh_uuids:
+                continue
+            fresh_uuids.add(uid)
+        fresh.append(entry)
+    return fresh, fresh_uuids
