@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-from daemon.cli.site import check_owner, keyring_of, print_json
+from daemon.cli.site import check_owner, keyring_of, print_json, progress_bar
 from daemon.config.load import default_config_path, load_config
 
 if TYPE_CHECKING:
@@ -81,28 +78,11 @@ def cmd_migrate(config_path: Path | None, *, as_json: bool) -> int:
     return 0 if report.ok else MIGRATE_REFUSED
 
 
-@contextmanager
-def _progress_bar(*, enabled: bool) -> Iterator[Callable[[MigrateProgress], None] | None]:
-    if not enabled:
-        yield None
-        return
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[records]:,} records"),
-        TimeElapsedColumn(),
+def _progress_bar(
+    *, enabled: bool
+) -> AbstractContextManager[Callable[[MigrateProgress], None] | None]:
+    return progress_bar(
+        "migrating",
+        lambda p: (p.total, p.done, p.records, f"{p.done}/{p.total} {p.current}"),
+        enabled=enabled,
     )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("migrating", total=None, records=0)
-
-        def update(p: MigrateProgress) -> None:
-            bar.update(
-                task,
-                total=max(p.total, 1),
-                completed=p.done,
-                records=p.records,
-                description=f"{p.done}/{p.total} {p.current}",
-            )
-
-        yield update

@@ -16,18 +16,17 @@ import os
 import stat
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from daemon.cli.args import job_name
 from daemon.cli.journals import cmd_export, cmd_reencrypt
-from daemon.cli.site import check_owner, keyring_of, layout_of, print_json
+from daemon.cli.site import check_owner, keyring_of, layout_of, print_json, progress_bar
 from daemon.config.load import default_config_path, load_config
 from daemon.config.model import Config
 from daemon.journal.logstore import conversation_names
@@ -195,31 +194,19 @@ def _first_error(stats: RebuildStats) -> int:
     return 0
 
 
-@contextmanager
-def _progress_bar(*, enabled: bool) -> Iterator[Callable[[RebuildProgress], None] | None]:
-    if not enabled:
-        yield None
-        return
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[records]:,} records"),
-        TimeElapsedColumn(),
+def _progress_bar(
+    *, enabled: bool
+) -> AbstractContextManager[Callable[[RebuildProgress], None] | None]:
+    return progress_bar(
+        "rebuilding",
+        lambda p: (
+            p.bytes_total,
+            p.bytes_done,
+            p.records,
+            f"{p.conversations_done}/{p.conversations_total} {p.conversation}",
+        ),
+        enabled=enabled,
     )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("rebuilding", total=None, records=0)
-
-        def update(p: RebuildProgress) -> None:
-            bar.update(
-                task,
-                total=max(p.bytes_total, 1),
-                completed=p.bytes_done,
-                records=p.records,
-                description=f"{p.conversations_done}/{p.conversations_total} {p.conversation}",
-            )
-
-        yield update
 
 
 # ---------------------------------------------------------------- verify

@@ -7,8 +7,13 @@ import json
 import os
 import pwd
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from daemon.config.model import Config
 from daemon.errors import VigilError
@@ -60,3 +65,32 @@ def user_name(uid: int) -> str:
 def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
+
+
+P = TypeVar("P")
+
+
+@contextmanager
+def progress_bar(
+    description: str, fields: Callable[[P], tuple[int, int, int, str]], *, enabled: bool
+) -> Iterator[Callable[[P], None] | None]:
+    """A transient progress bar on stderr for long work (rebuild, migrate): ``fields``
+    turns a progress report into (total, done, records, description). None when off."""
+    if not enabled:
+        yield None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[records]:,} records"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=None, records=0)
+
+        def update(progress: P) -> None:
+            total, done, records, now = fields(progress)
+            bar.update(task, total=max(total, 1), completed=done, records=records, description=now)
+
+        yield update
