@@ -14,6 +14,7 @@ system (a short write, then ENOSPC) or makes fsync fail, in the running daemon o
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,20 @@ def wait_count(daemon: Daemon, event: str, count: int, start: int, timeout: floa
         time.sleep(0.1)
 
 
+def wait_statuses(
+    notify: NotifySocket, start: int, done: Callable[[list[str]], bool], timeout: float = 30
+) -> list[str]:
+    """The ``STATUS=`` datagrams from ``start`` on, once ``done`` holds of them (or at the
+    timeout). The daemon logs a line and then notifies: the datagram can reach the socket's
+    reader thread a moment after the log line reaches the test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = [m.text for m in notify.messages()[start:] if m.text.startswith("STATUS=")]
+        if done(got) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("full", ["state", "transcripts"])
 def test_a_full_disk_degrades_loses_nothing_and_beats_resume(
@@ -109,14 +124,14 @@ def test_a_full_disk_degrades_loses_nothing_and_beats_resume(
         partial += [f"{name}: {len(tail)} bytes" for name, tail in journals.read().items()]
         partial += transcript_damage(site)
         unjournaled += journals.unjournaled(daemon)
-        degraded = [m.text for m in notify.messages()[sent:] if m.text.startswith("STATUS=")]
+        degraded = wait_statuses(notify, sent, lambda got: any("=degraded" in t for t in got))
         assert any(text.startswith("STATUS=degraded") for text in degraded), degraded
 
         fs.set("")
         freed, sent = daemon.count(), len(notify.messages())
         for name in NAMES:
             daemon.wait_event("turn_completed", 120, job=name, start=freed)
-        statuses = [m.text for m in notify.messages()[sent:] if m.text.startswith("STATUS=")]
+        statuses = wait_statuses(notify, sent, lambda got: bool(got) and "degraded" not in got[-1])
         assert statuses and "degraded" not in statuses[-1], statuses
     assert daemon.running
     assert daemon.terminate() == 0
