@@ -2,7 +2,9 @@
 
 ``vigil history``, ``tail`` (``-f`` polls every 0.2 s) and ``export`` read a
 conversation's events with the key, exactly as from a journal file (every record
-authenticated, the sequence checked for gaps); ``vigil status`` shows the nodes and
+authenticated, the sequence checked for gaps); ``vigil sessions`` and ``search`` fold
+every conversation's events into a mirror in memory (:meth:`ClusterReader.mirror`: the
+same rows and queries as a node's mirror file); ``vigil status`` shows the nodes and
 who owns which conversation. They work from any machine that has the configuration,
 the key and access to the database, with or without a node running there.
 
@@ -27,6 +29,8 @@ from daemon.errors import UnknownJobError
 from daemon.events import Event
 from daemon.events.heal import ConversationView, fold
 from daemon.journal.keyring import Keyring
+from daemon.mirror.db import Mirror
+from daemon.mirror.rebuild import events_feed
 
 __all__ = ["ClusterReader", "print_cluster_status"]
 
@@ -83,6 +87,18 @@ class ClusterReader:
         self.check_exists(name)
         events = [event for _, event in self.events(name)]
         return fold(events, open_turn_status="running" if self.owned_now(name) else "interrupted")
+
+    def mirror(self) -> Mirror:
+        """Every conversation's events folded into a mirror in memory, for ``vigil
+        sessions`` and ``search``: the rows a node's mirror file would hold."""
+        mirror = Mirror.open(":memory:")
+        try:
+            for name in self.store.names():
+                mirror.replay(name, events_feed(self.events(name)))
+        except BaseException:
+            mirror.db.close()
+            raise
+        return mirror
 
     def status(self) -> dict[str, Any]:
         return view_json(cluster_view(self.db), datetime.now(UTC), self.cluster.lease)
