@@ -25,6 +25,16 @@ What PostgreSQL holds (version 1):
   conversation; ``epoch`` grows at every acquisition and is never reset (a lease row
   is never deleted), so a stale owner can always be told apart.
 * ``nodes(node, started_at, heartbeat_at, jobs_digest, key_ids)``: cluster membership.
+
+Version 2:
+
+* ``routed_requests``: an operator command (``beat``, ``send``, ``queue``, ``pause``,
+  ``resume``) a node that does not own the conversation hands to its owner
+  (:mod:`daemon.cluster.requests`). ``body`` and ``answer`` are sealed lines (the
+  request and the answer as JSON, stream ``rq:<conversation>:<id>``, sequence 1 and 2);
+  ``deadline`` (the database's clock) is when the requester stops waiting: no node
+  claims a request after it, nor one ``cancelled_at`` is set on. ``claimed_by`` /
+  ``claimed_epoch`` say which owner, at which lease epoch, ran it.
 """
 
 from __future__ import annotations
@@ -100,6 +110,31 @@ MIGRATIONS: tuple[Migration, ...] = (
                 jobs_digest text NOT NULL,
                 key_ids text[] NOT NULL
             )""",
+        ),
+    ),
+    Migration(
+        2,
+        "operator requests routed to a conversation's owner",
+        (
+            """CREATE TABLE routed_requests (
+                id text PRIMARY KEY,
+                conversation text NOT NULL,
+                op text NOT NULL,
+                requested_by text NOT NULL,
+                key_id text NOT NULL,
+                body bytea NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now(),
+                deadline timestamptz NOT NULL,
+                cancelled_at timestamptz,
+                claimed_by text,
+                claimed_epoch bigint,
+                claimed_at timestamptz,
+                answer bytea,
+                answered_at timestamptz
+            )""",
+            "CREATE INDEX routed_requests_open ON routed_requests (conversation)"
+            " WHERE claimed_by IS NULL AND cancelled_at IS NULL",
+            "CREATE INDEX routed_requests_deadline ON routed_requests (deadline)",
         ),
     ),
 )

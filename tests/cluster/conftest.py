@@ -85,6 +85,7 @@ def wipe(dsn: str) -> str:
     a new database takes ~0.2 s); the schema version stays."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
-            "TRUNCATE conversations, events, transcript_streams, transcripts, leases, nodes"
+            "TRUNCATE conversations, events, transcript_streams, transcripts, leases, nodes,"
+            " routed_requests"
         )
     return dsn

@@ -12,7 +12,15 @@ from daemon.cluster.errors import SchemaVersionError
 from daemon.cluster.schema import LATEST, MIGRATIONS, Migration, current_version, migrate
 from tests.cluster.conftest import NewDatabase
 
-TABLES = ["conversations", "events", "leases", "nodes", "transcript_streams", "transcripts"]
+TABLES = [
+    "conversations",
+    "events",
+    "leases",
+    "nodes",
+    "routed_requests",
+    "transcript_streams",
+    "transcripts",
+]
 
 
 def _tables(db: Database) -> list[str]:
@@ -88,4 +96,13 @@ def test_migrations_must_be_numbered_in_order(new_database: NewDatabase) -> None
     db = Database(new_database())
     with pytest.raises(ValueError, match="numbered"):
         migrate(db.connection(), db.where, (Migration(2, "skips 1", ("SELECT 1",)),))
+    db.close()
+
+
+def test_a_version_1_database_gains_the_routed_requests(new_database: NewDatabase) -> None:
+    db = Database(new_database())
+    assert migrate(db.connection(), db.where, MIGRATIONS[:1]) == 1
+    assert "routed_requests" not in _tables(db)
+    assert migrate(db.connection(), db.where) == LATEST == 2
+    assert "routed_requests" in _tables(db)
     db.close()
