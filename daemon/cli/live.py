@@ -36,6 +36,11 @@ NOT_RUNNING = 9
 BEAT_REFUSED = 10
 FOLLOW_POLL_S = 0.2
 CALL_TIMEOUT_S = 5.0
+ROUTED_HELP = (
+    "On a cluster node that does not own NAME, the request goes to the node that does, "
+    "through PostgreSQL, and its answer comes back as if local; exit 10, naming the "
+    "owner, when no node takes it within the lease plus a few seconds (it never runs then)."
+)
 
 
 class BeatRefused(VigilError):
@@ -72,7 +77,7 @@ def add_commands(
         "beat",
         help="run a beat of a job now, through the running daemon",
         description="Refused (exit 10) while a turn of that conversation runs, or when the "
-        "job's gate skips it (budget, empty prompt); exit 9 when no daemon runs.",
+        "job's gate skips it (budget, empty prompt); exit 9 when no daemon runs. " + ROUTED_HELP,
     )
     p.add_argument("name", type=job_name, help="job (conversation) name")
     p.add_argument("--config", type=Path, default=None, help=config_help)
@@ -101,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "status":
         return cmd_status(config, layout, as_json=args.json)
     if args.command == "beat":
-        return cmd_beat(layout, args.name, as_json=args.json)
+        return cmd_beat(layout, args.name, as_json=args.json, timeout=answer_within(config))
     keyring = Keyring.load(resolve_key_path(config.daemon.key_file))
     if config.cluster is not None:
         return cmd_cluster_tail(
@@ -145,14 +150,25 @@ def _cluster_not_running(config: Config, reason: str, *, as_json: bool) -> int:
     return NOT_RUNNING
 
 
-def _call(layout: Layout, request: dict[str, Any]) -> dict[str, Any]:
+def answer_within(config: Config) -> float:
+    """How long to wait for the daemon's answer to ``beat``, ``send``, ``pause`` or
+    ``resume``: on a cluster the node may hand the request to the conversation's owner
+    and wait for it (``ClusterConfig.route_answer_within``)."""
+    if config.cluster is None:
+        return CALL_TIMEOUT_S
+    return CALL_TIMEOUT_S + config.cluster.route_answer_within.total_seconds()
+
+
+def call_daemon(
+    layout: Layout, request: dict[str, Any], timeout: float = CALL_TIMEOUT_S
+) -> dict[str, Any]:
     path = layout.runtime_dir / SOCKET_NAME
     if os.path.lexists(path) and not own_file(path, stat.S_IFSOCK):
         raise NotRunning(
             path, "not a socket this user made (a symlink, or another owner); not used"
         )
     try:
-        return call(path, request, timeout=CALL_TIMEOUT_S)
+        return call(path, request, timeout=timeout)
     except DaemonNotRunning as exc:
         raise NotRunning(path, str(exc).rsplit("(", 1)[-1].rstrip(")")) from None
     except PermissionError:
@@ -164,7 +180,7 @@ def _call(layout: Layout, request: dict[str, Any]) -> dict[str, Any]:
         raise NotRunning(
             path,
             f"the daemon{(' (pid ' + holder + ')') if holder else ''} did not answer within "
-            f"{CALL_TIMEOUT_S:g}s: stopped or hung? ({type(exc).__name__})",
+            f"{timeout:g}s: stopped or hung? ({type(exc).__name__})",
         ) from None
 
 
@@ -177,7 +193,7 @@ def _lock_holder(layout: Layout) -> str:
 
 def cmd_status(config: Config, layout: Layout, *, as_json: bool) -> int:
     try:
-        answer = _call(layout, {"op": "status"})
+        answer = call_daemon(layout, {"op": "status"})
     except NotRunning as exc:
         journals = conversation_names(layout.conversations)
         if config.cluster is not None:  # a cluster: what the database says of it
@@ -260,8 +276,8 @@ def _load_line(overload: dict[str, Any]) -> str:
     return f"load: {waiting}; {rates}; {verdict}"
 
 
-def cmd_beat(layout: Layout, name: str, *, as_json: bool) -> int:
-    answer = _call(layout, {"op": "beat", "job": name})
+def cmd_beat(layout: Layout, name: str, *, as_json: bool, timeout: float = CALL_TIMEOUT_S) -> int:
+    answer = call_daemon(layout, {"op": "beat", "job": name}, timeout)
     if not answer.get("ok"):
         if as_json:
             print(json.dumps(answer))

@@ -1,8 +1,12 @@
 """The operator talks to a running agent: ``vigil send``, ``vigil pause``, ``vigil resume``.
 
 Each goes over the daemon's control socket (exit 9 when no daemon runs; exit 10 when it
-refuses). ``send`` then follows the journal itself, the way ``vigil tail -f`` does: it
-prints the turn's reply as its deltas are journaled, and ends with the turn.
+refuses). On a cluster the node may hand the request to the conversation's owner and
+wait for its answer (:mod:`daemon.runtime.cluster.routing`), so the CLI waits that much
+longer (:func:`daemon.cli.live.answer_within`). ``send`` then follows the journal
+itself, the way ``vigil tail -f`` does: it prints the turn's reply as its deltas are
+journaled (from PostgreSQL on a cluster, whichever node runs the turn), and ends with
+the turn.
 """
 
 from __future__ import annotations
@@ -17,7 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.cli.args import job_name
-from daemon.cli.live import BEAT_REFUSED, NotRunning
+from daemon.cli.live import (
+    BEAT_REFUSED,
+    CALL_TIMEOUT_S,
+    ROUTED_HELP,
+    answer_within,
+    call_daemon,
+)
 from daemon.config.load import default_config_path, load_config
 from daemon.durations import parse_duration
 from daemon.errors import VigilError
@@ -27,7 +37,6 @@ from daemon.journal.keyring import Keyring, resolve_key_path
 from daemon.journal.lock import daemon_running
 from daemon.layout import Layout
 from daemon.ops.history import existing_journal
-from daemon.runtime.control import SOCKET_NAME, DaemonNotRunning, call
 
 if TYPE_CHECKING:
     from daemon.ops.cluster import ClusterReader
@@ -59,7 +68,7 @@ def add_commands(
         "refused (exit 10) while a turn of NAME runs or a beat waits; exit 9 without a daemon; "
         f"exit {TURN_FAILED} when the turn fails or is interrupted. With --next-beat, TEXT is "
         "queued (journaled, so it survives a restart) and added to the prompt of NAME's next "
-        "beat. Either way the conversation remembers it.",
+        "beat. Either way the conversation remembers it. " + ROUTED_HELP,
     )
     p.add_argument("name", type=job_name, help="job (conversation) name")
     p.add_argument("text", help="what to say; - reads it from stdin")
@@ -73,7 +82,8 @@ def add_commands(
         "pause",
         help="pause a job: its due beats are skipped (reason paused) until resumed",
         description="Journaled, so the pause survives a restart. `vigil beat` and `vigil send` "
-        "still run (an operator asked for them). Exit 9 without a daemon, 10 when refused.",
+        "still run (an operator asked for them). Exit 9 without a daemon, 10 when refused. "
+        + ROUTED_HELP,
     )
     p.add_argument("name", type=job_name, help="job (conversation) name")
     p.add_argument(
@@ -86,7 +96,11 @@ def add_commands(
     p.add_argument("--config", type=Path, default=None, help=config_help)
     p.add_argument("--json", action="store_true", help="the answer as JSON")
 
-    p = sub.add_parser("resume", help="end a job's pause (journaled)")
+    p = sub.add_parser(
+        "resume",
+        help="end a job's pause (journaled)",
+        description="Exit 9 without a daemon, 10 when refused. " + ROUTED_HELP,
+    )
     p.add_argument("name", type=job_name, help="job (conversation) name")
     p.add_argument("--config", type=Path, default=None, help=config_help)
     p.add_argument("--json", action="store_true", help="the answer as JSON")
@@ -100,15 +114,16 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config or default_config_path())
     layout = Layout(config.daemon.state_dir, config.daemon.runtime_dir)
     name: str = args.name
+    within = answer_within(config)  # on a cluster, the owner may answer through PostgreSQL
     if args.command == "pause":
-        return cmd_pause(layout, name, args.duration, as_json=args.json)
+        return cmd_pause(layout, name, args.duration, as_json=args.json, timeout=within)
     if args.command == "resume":
-        return cmd_resume(layout, name, as_json=args.json)
+        return cmd_resume(layout, name, as_json=args.json, timeout=within)
     text = sys.stdin.read() if args.text == "-" else args.text
     if not text.strip():
         raise Refused("send", name, "TEXT is empty")
     if args.next_beat:
-        return cmd_queue(layout, name, text, as_json=args.json)
+        return cmd_queue(layout, name, text, as_json=args.json, timeout=within)
     ask(layout, {"op": "status"})  # no daemon: say so (exit 9) before anything else
     keyring = Keyring.load(resolve_key_path(config.daemon.key_file))
     if config.cluster is not None:  # the events live in PostgreSQL
@@ -117,19 +132,14 @@ def run(args: argparse.Namespace) -> int:
         with ClusterReader(config, keyring) as reader:
             reader.check_exists(name)
             follower = ClusterTurnFollower(reader, name)
-            return cmd_send(layout, follower, name, text, as_json=args.json)
+            return cmd_send(layout, follower, name, text, as_json=args.json, timeout=within)
     path = existing_journal(config, name)
     return cmd_send(layout, TurnFollower(path, name, keyring), name, text, as_json=args.json)
 
 
-def ask(layout: Layout, request: dict[str, Any]) -> dict[str, Any]:
-    path = layout.runtime_dir / SOCKET_NAME
-    try:
-        return call(path, request)
-    except DaemonNotRunning as exc:
-        raise NotRunning(path, str(exc).rsplit("(", 1)[-1].rstrip(")")) from None
-    except PermissionError:
-        raise NotRunning(path, "permission denied: run as the daemon's user") from None
+def ask(layout: Layout, request: dict[str, Any], timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
+    """One request to the daemon (exit 9 when none answers within ``timeout``)."""
+    return call_daemon(layout, request, timeout)
 
 
 def _checked(what: str, name: str, answer: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +148,14 @@ def _checked(what: str, name: str, answer: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
-def cmd_pause(layout: Layout, name: str, duration: str | None, *, as_json: bool) -> int:
+def cmd_pause(
+    layout: Layout,
+    name: str,
+    duration: str | None,
+    *,
+    as_json: bool,
+    timeout: float = CALL_TIMEOUT_S,
+) -> int:
     request: dict[str, Any] = {"op": "pause", "job": name}
     if duration is not None:
         try:
@@ -148,7 +165,7 @@ def cmd_pause(layout: Layout, name: str, duration: str | None, *, as_json: bool)
         if seconds <= 0:
             raise Refused("pause", name, "--for must be longer than 0s")
         request["for_s"] = seconds
-    answer = _checked("pause", name, ask(layout, request))
+    answer = _checked("pause", name, ask(layout, request, timeout))
     if as_json:
         print(json.dumps(answer))
     elif answer.get("until"):
@@ -158,8 +175,8 @@ def cmd_pause(layout: Layout, name: str, duration: str | None, *, as_json: bool)
     return 0
 
 
-def cmd_resume(layout: Layout, name: str, *, as_json: bool) -> int:
-    answer = _checked("resume", name, ask(layout, {"op": "resume", "job": name}))
+def cmd_resume(layout: Layout, name: str, *, as_json: bool, timeout: float = CALL_TIMEOUT_S) -> int:
+    answer = _checked("resume", name, ask(layout, {"op": "resume", "job": name}, timeout))
     if as_json:
         print(json.dumps(answer))
     else:
@@ -167,8 +184,11 @@ def cmd_resume(layout: Layout, name: str, *, as_json: bool) -> int:
     return 0
 
 
-def cmd_queue(layout: Layout, name: str, text: str, *, as_json: bool) -> int:
-    answer = _checked("send", name, ask(layout, {"op": "queue", "job": name, "text": text}))
+def cmd_queue(
+    layout: Layout, name: str, text: str, *, as_json: bool, timeout: float = CALL_TIMEOUT_S
+) -> int:
+    request = {"op": "queue", "job": name, "text": text}
+    answer = _checked("send", name, ask(layout, request, timeout))
     if as_json:
         print(json.dumps(answer))
     else:
@@ -177,9 +197,18 @@ def cmd_queue(layout: Layout, name: str, text: str, *, as_json: bool) -> int:
     return 0
 
 
-def cmd_send(layout: Layout, follower: TurnFollower, name: str, text: str, *, as_json: bool) -> int:
+def cmd_send(
+    layout: Layout,
+    follower: TurnFollower,
+    name: str,
+    text: str,
+    *,
+    as_json: bool,
+    timeout: float = CALL_TIMEOUT_S,
+) -> int:
     """``follower`` reads from the journal's end, made before asking the daemon."""
-    answer = _checked("send", name, ask(layout, {"op": "send", "job": name, "text": text}))
+    asked = {"op": "send", "job": name, "text": text}
+    answer = _checked("send", name, ask(layout, asked, timeout))
     request = str(answer["request"])
     out = sys.stdout
 

@@ -44,6 +44,11 @@ CREDENTIAL_NAME = "vigil.database"
 NODE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _URL_SCHEMES = ("postgresql://", "postgres://")
 MIN_LEASE = timedelta(seconds=2)
+# How much longer than a takeover (lease + one renewal period) a node waits for the
+# owner to take an operator request it routed (``daemon.cluster.requests``).
+ROUTE_MARGIN = timedelta(seconds=3)
+# How long it then waits for the answer of an owner that claimed the request just before.
+ROUTE_CLAIMED_GRACE = timedelta(seconds=5)
 
 
 def check_dsn(value: str) -> str | None:
@@ -115,6 +120,19 @@ class ClusterConfig(BaseModel):
     def renew_every(self) -> timedelta:
         """How often leases and the node's heartbeat are renewed: a third of ``lease``."""
         return self.lease / 3
+
+    @property
+    def route_wait(self) -> timedelta:
+        """How long a node waits for the owner of a conversation to take an operator
+        request it routed there: long enough for a takeover (the lease, a renewal
+        period) and the new owner's first tick, plus :data:`ROUTE_MARGIN`."""
+        return self.lease + self.renew_every + ROUTE_MARGIN
+
+    @property
+    def route_answer_within(self) -> timedelta:
+        """The longest a routed request keeps the control socket waiting: the CLI waits
+        at least this long for its answer."""
+        return self.route_wait + ROUTE_CLAIMED_GRACE
 
     def database_url(self, environ: Mapping[str, str] | None = None) -> str:
         """The connection string: ``database``, else ``$VIGIL_DATABASE_URL``, else the

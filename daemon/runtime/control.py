@@ -14,6 +14,9 @@ closes. Requests::
 (``send``, ``queue``, ``pause`` and ``resume``: :mod:`daemon.runtime.operator`.)
 
 Errors never crash the daemon; a malformed request gets ``{"ok": false, "error": ...}``.
+A target may answer ``beat`` and the operator requests later (an awaitable): a cluster
+node waits for the conversation's owner that way (:mod:`daemon.runtime.cluster.routing`),
+each connection in its own task, so the socket keeps answering meanwhile.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import contextlib
 import json
 import os
 import socket
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,10 +39,12 @@ class ControlTarget(Protocol):
     def status_snapshot(self) -> dict[str, Any]:
         """A JSON-safe picture of the daemon: jobs, next beats, last outcomes, clients."""
 
-    def request_beat(self, name: str) -> tuple[bool, str]:
+    def request_beat(self, name: str) -> tuple[bool, str] | Awaitable[tuple[bool, str]]:
         """Start a beat of ``name`` now; (False, why) when refused."""
 
-    def operator_request(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
+    def operator_request(
+        self, op: str, request: dict[str, Any]
+    ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """``send``, ``queue``, ``pause`` or ``resume``: the answer to send back."""
 
 
@@ -72,7 +78,7 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), timeout=5)
-            answer = self._answer(line)
+            answer = await self._answer(line)
         except (TimeoutError, ValueError) as exc:
             answer = {"ok": False, "error": f"bad request: {exc}"}
         except RecursionError:  # json.loads of "[[[[...": nested too deep to parse
@@ -85,7 +91,7 @@ class ControlServer:
         finally:
             writer.close()
 
-    def _answer(self, line: bytes) -> dict[str, Any]:  # noqa: PLR0911  # one answer per op
+    async def _answer(self, line: bytes) -> dict[str, Any]:  # noqa: PLR0911  # one answer per op
         if len(line) > MAX_REQUEST:
             return {"ok": False, "error": "request too large"}
         request = json.loads(line)
@@ -98,10 +104,12 @@ class ControlServer:
             name = request.get("job")
             if not isinstance(name, str):
                 return {"ok": False, "error": "beat needs a job name"}
-            ok, why = self.target.request_beat(name)
+            beat = self.target.request_beat(name)
+            ok, why = beat if isinstance(beat, tuple) else await beat
             return {"ok": ok} if ok else {"ok": False, "error": why}
         if op in OPERATOR_OPS:
-            return self.target.operator_request(str(op), request)
+            answer = self.target.operator_request(str(op), request)
+            return answer if isinstance(answer, dict) else await answer
         return {"ok": False, "error": f"unknown op {op!r}"}
 
 

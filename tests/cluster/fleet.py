@@ -68,9 +68,11 @@ class Fleet:
         *,
         every: str = "1s",
         key_path: Path | None = None,
+        cwd: Path | None = None,
         **daemon: str | int | bool,
     ) -> Path:
-        """Node ``node``'s config: ``jobs`` as (name, prompt), each with a file sink.
+        """Node ``node``'s config: ``jobs`` as (name, prompt), each with a file sink and
+        ``cwd`` (default: the fleet's shared working directory).
         The nodes log conversation text (``log_content``): the checks compare the deltas
         a node showed with the journal."""
         home = self.root / node
@@ -86,7 +88,7 @@ class Fleet:
         out = ["[daemon]", *(f"{k} = {toml_value(v)}" for k, v in settings.items())]
         out += ["", "[cluster]", f'node = "{node}"', f'lease = "{self.lease}"']
         for name, prompt in jobs:
-            keys = {"name": name, "every": every, "prompt": prompt, "cwd": str(self.work)}
+            keys = {"name": name, "every": every, "prompt": prompt, "cwd": str(cwd or self.work)}
             out += ["", "[[heartbeat]]", *(f"{k} = {toml_value(v)}" for k, v in keys.items())]
             out += [
                 "",

@@ -1,17 +1,29 @@
-"""``vigil beat`` and ``vigil send`` on a node that does not own the conversation:
-refused (exit 10) with the owner's name; on the owner they run."""
+"""``vigil beat``, ``send``, ``send --next-beat``, ``pause`` and ``resume`` on a node that
+does not own the conversation: routed to the owner through PostgreSQL, run there once,
+answered as if local; refused (exit 10) naming the owner when no owner takes the
+request in time, and then never run. Real nodes, the real CLI, the loopback model."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from daemon.cluster.placement import owner_of
 from daemon.testing.harness import LoopbackModel as DevModel
+from daemon.testing.harness import vigil_argv
 from tests.cluster.conftest import NewDatabase
 from tests.cluster.fleet import Fleet
-from tests.cluster.test_nodes import settled
+from tests.cluster.test_nodes import settled, wait_until
+from tests.e2e.conftest import parse_reply
+
+NODES = ["node-a", "node-b"]
+SENT = "Remember the word pelican."
 
 
 @pytest.fixture
@@ -32,26 +44,145 @@ def fleet(new_database: NewDatabase, dev_model: DevModel, tmp_path: Any) -> Iter
         made.close(keep=tmp_path)
 
 
+def placed_on(node: str) -> str:
+    """A conversation name rendezvous hashing places on ``node`` of :data:`NODES`."""
+    return next(n for n in (f"c{i}" for i in range(100)) if owner_of(n, NODES) == node)
+
+
+def turns(fleet: Fleet, name: str, **fields: Any) -> list[dict[str, Any]]:
+    """``turn_started`` events of ``name`` with these fields."""
+    started = [e for _, e in fleet.events(name) if e.get("type") == "turn_started"]
+    return [e for e in started if all(e.get(k) == v for k, v in fields.items())]
+
+
+def completed(fleet: Fleet, name: str, turn: int) -> bool:
+    return any(
+        e.get("type") == "turn_completed" and e.get("turn") == turn for _, e in fleet.events(name)
+    )
+
+
 @pytest.mark.timeout(240)
-def test_beat_and_send_name_the_owner_on_another_node(fleet: Fleet) -> None:
-    names = [f"c{i}" for i in range(6)]
-    nodes = ["node-a", "node-b"]
-    for node in nodes:
-        fleet.write_config(node, [(n, f"{n} beat") for n in names], every="1h")
-    daemons = {node: fleet.start(node) for node in nodes}
-    placed = settled(fleet, names, nodes, 90)
-    name = next(n for n, owner in placed.items() if owner == "node-b")
+def test_commands_on_a_node_that_does_not_own_the_conversation_run_once_on_its_owner(
+    fleet: Fleet,
+) -> None:
+    name, other = placed_on("node-b"), placed_on("node-a")
+    for node in NODES:
+        fleet.write_config(node, [(name, "Check in."), (other, "Check in.")], every="1h")
+    daemons = {node: fleet.start(node) for node in NODES}
+    assert settled(fleet, [name, other], NODES, 90)[name] == "node-b"
+    owner, asker = daemons["node-b"], daemons["node-a"]
 
-    for op in (["beat", name], ["send", name, "hello"]):
-        refused = fleet.vigil("node-a", *op)
-        assert refused.returncode == 10, refused.stderr
-        assert f"{name!r} is owned by node node-b, not node-a" in refused.stderr
-        assert f"run `vigil {op[0]} {name}` on node-b" in refused.stderr
+    # beat: runs on the owner, once; the CLI on node-a says it started, as locally.
+    beat = fleet.vigil("node-a", "beat", name)
+    assert beat.returncode == 0, beat.stderr
+    assert beat.stdout.strip() == f"beat of {name!r} started"
+    served = owner.wait_event("routed_request_served", 10, job=name)
+    assert (served["op"], served["requested_by"], served["ok"]) == ("beat", "node-a", True)
+    answered = asker.wait_event("routed_request_answered", 10, job=name)
+    (manual,) = wait_until("a manual beat", lambda: turns(fleet, name, trigger="manual"), 30)
+    wait_until("the routed beat completed", lambda: completed(fleet, name, manual["turn"]), 60)
 
-    sent = fleet.vigil("node-b", "send", name, "hello [reply:HELLO-BACK]")
-    assert sent.returncode == 0, sent.stderr
-    assert "HELLO-BACK" in sent.stdout
-    hellos = [t for t in fleet.view(name).turns if "hello" in (t.prompt or "")]
-    assert [t.status for t in hellos] == ["completed"]  # the refused send ran nowhere
+    # send: the reply streams to node-a's terminal while the owner runs the turn; a
+    # second send meanwhile is refused as on the owner itself (exit 10, same words).
+    slow = f"{SENT} [slow:300]"
+    sender = subprocess.Popen(
+        vigil_argv("send", name, slow, "--config", str(fleet.root / "node-a" / "vigil.toml")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=fleet.env(),
+    )
+    try:
+        assert sender.stdout is not None
+        first = os.read(sender.stdout.fileno(), 4096)  # the first delta, as it is journaled
+        assert first
+        (running,) = turns(fleet, name, trigger="send")
+        assert not completed(fleet, name, running["turn"])  # it streamed: still running
+        routed = fleet.vigil("node-a", "send", name, "Are you there?")
+        local = fleet.vigil("node-b", "send", name, "Are you there?")
+        assert (routed.returncode, local.returncode) == (10, 10)
+        assert "one turn at a time" in local.stderr
+        assert routed.stderr == local.stderr
+        rest, err = sender.communicate(timeout=60)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait()
+    assert sender.returncode == 0, err
+    (sent,) = turns(fleet, name, trigger="send")  # once: the refused ones ran nowhere
+    assert sent["prompt"] == slow
+    view = fleet.view(name)
+    [turn] = [t for t in view.turns if t.turn == sent["turn"]]
+    assert turn.status == "completed"
+    assert (first + rest).decode().strip() == turn.reply
+    assert parse_reply(turn.reply or "").last.startswith(SENT)
+
+    # send --next-beat: queued on the owner; the next beat's model sees it.
+    note = "Note from the operator: the release moved to Friday."
+    queued = fleet.vigil("node-a", "send", name, note, "--next-beat")
+    assert queued.returncode == 0, queued.stderr
+    assert f"queued for the next beat of {name!r} (1 waiting)" in queued.stdout
+    assert fleet.vigil("node-a", "beat", name).returncode == 0
+
+    def with_queued() -> list[dict[str, Any]]:
+        return [t for t in turns(fleet, name, trigger="manual") if t.get("queued")]
+
+    (with_note,) = wait_until("the beat with the note", with_queued, 30)
+    assert note in with_note["prompt"]
+    wait_until("that beat completed", lambda: completed(fleet, name, with_note["turn"]), 60)
+    assert any(note in t for t in fleet.model.stats()["last_seen"])
+
+    # pause and resume: journaled on the owner.
+    paused = fleet.vigil("node-a", "pause", name)
+    assert paused.returncode == 0, paused.stderr
+    assert f"paused {name!r} until `vigil resume {name}`" in paused.stdout
+    resumed = fleet.vigil("node-a", "resume", name)
+    assert (resumed.returncode, resumed.stdout.strip()) == (0, f"resumed {name!r}")
+    kinds = [e.get("type") for _, e in fleet.events(name)]
+    assert (kinds.count("job_paused"), kinds.count("job_resumed")) == (1, 1)
+
+    # Every routed request ran once, on the owner; none on the asking node.
+    assert len(turns(fleet, name, trigger="manual")) == 2
+    assert len(turns(fleet, name, trigger="send")) == 1
+    ops = sorted(x["op"] for x in owner.events("routed_request_served", job=name))
+    assert ops == ["beat", "beat", "pause", "queue", "resume", "send", "send"]
+    assert asker.events("routed_request_served") == []
+    print(f"routed beat answered in {answered['latency_ms']} ms")
     for daemon in daemons.values():
         assert daemon.terminate() == 0
+
+
+@pytest.mark.timeout(180)
+def test_a_request_whose_owner_is_stopped_is_refused_in_time_and_never_runs_later(
+    fleet: Fleet,
+) -> None:
+    # Only node-b can run the job (its cwd exists when node-b starts, not when node-a
+    # did), so with node-b stopped nobody takes the conversation over.
+    name = "solo"
+    cwd = fleet.root / "solo-cwd"
+    for node in NODES:
+        fleet.write_config(node, [(name, "Check in.")], every="1h", cwd=cwd)
+    asker = fleet.start("node-a")
+    cwd.mkdir()
+    owner = fleet.start("node-b")
+    owner.wait_event("turn_completed", 60, job=name)  # its first beat
+
+    os.kill(owner.pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        refused = fleet.vigil("node-a", "beat", name)
+        took = time.monotonic() - began
+    finally:
+        os.kill(owner.pid, signal.SIGCONT)
+    assert refused.returncode == 10, refused.stderr
+    assert f"{name!r} is owned by node node-b, not node-a" in refused.stderr
+    assert "nothing was run" in refused.stderr
+    assert 7 <= took < 20  # the route wait: lease 3 s + a renewal 1 s + 3 s
+    assert asker.events("routed_request_answered") == []
+
+    # node-b runs again: its ticks claim nothing, the request never runs.
+    time.sleep(3)  # three ticks of node-b
+    assert owner.events("routed_request_served") == []
+    assert turns(fleet, name, trigger="manual") == []
+    assert fleet.vigil("node-b", "status").returncode == 0  # alive, and it kept its lease
+    assert asker.terminate() == 0
+    assert owner.terminate() == 0

@@ -19,7 +19,7 @@ from daemon.journal.keyring import Keyring
 from tests.cluster.helpers import TTL, ManualClock
 
 WAIT = timedelta(seconds=30)
-SECRET = "the launch code is 0000"
+PLAINTEXT = "the launch code is 0000"
 
 
 def _requests(dsn: str, node: str, keyring: Keyring) -> RoutedRequests:
@@ -36,7 +36,7 @@ def test_a_request_is_sealed_claimed_once_by_the_holder_and_answered(
     clock = ManualClock()
     lease = _leases(pg_dsn, "node-b", clock).acquire("inbox")
     asker, owner = _requests(pg_dsn, "node-a", keyring), _requests(pg_dsn, "node-b", keyring)
-    request = {"op": "send", "job": "inbox", "text": SECRET}
+    request = {"op": "send", "job": "inbox", "text": PLAINTEXT}
     rid = asker.submit("inbox", "send", request, WAIT)
 
     with psycopg.connect(pg_dsn) as conn:  # PostgreSQL sees ciphertext only
@@ -52,10 +52,10 @@ def test_a_request_is_sealed_claimed_once_by_the_holder_and_answered(
     assert owner.claim({"inbox": lease.epoch}) == []  # exactly once
     assert not asker.cancel(rid)  # claimed: too late to cancel
 
-    assert owner.answer(claimed[0], {"ok": True, "request": "r1", "echo": SECRET})
+    assert owner.answer(claimed[0], {"ok": True, "request": "r1", "echo": PLAINTEXT})
     state = asker.state("inbox", rid)
     assert state is not None and state.claimed_by == "node-b"
-    assert state.answer == {"ok": True, "request": "r1", "echo": SECRET}
+    assert state.answer == {"ok": True, "request": "r1", "echo": PLAINTEXT}
     with psycopg.connect(pg_dsn) as conn:
         row = conn.execute("SELECT answer FROM routed_requests WHERE id = %s", (rid,)).fetchone()
     assert row is not None and b"launch" not in bytes(row[0])
@@ -114,29 +114,32 @@ def test_cancel_and_claim_race_one_wins(pg_dsn: str, keyring: Keyring) -> None:
     assert not asker.cancel(rid)  # once
     assert owner.claim({"inbox": epoch}) == []  # cancelled: it never runs
 
-    outcomes = []
-    for _ in range(15):
-        rid = asker.submit("inbox", "beat", {"job": "inbox"}, WAIT)
-        results: dict[str, object] = {}
-        start = threading.Barrier(2)
-
-        def cancel(request_id: str = rid, out: dict[str, object] = results) -> None:
-            start.wait()
-            out["cancelled"] = asker.cancel(request_id)
-
-        def claim(out: dict[str, object] = results) -> None:
-            start.wait()
-            out["claimed"] = [c.id for c in owner.claim({"inbox": epoch})]
-
-        threads = [threading.Thread(target=cancel), threading.Thread(target=claim)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        claimed = results["claimed"] == [rid]
-        assert claimed != results["cancelled"], results  # exactly one of the two
-        outcomes.append(claimed)
+    outcomes = [_race(asker, owner, epoch) for _ in range(15)]
+    for cancelled, claimed in outcomes:
+        assert cancelled != claimed, outcomes  # exactly one of the two
     assert owner.claim({"inbox": epoch}) == []
+
+
+def _race(asker: RoutedRequests, owner: RoutedRequests, epoch: int) -> tuple[bool, bool]:
+    """A cancel and a claim of one request at once: (cancelled, claimed)."""
+    rid = asker.submit("inbox", "beat", {"job": "inbox"}, WAIT)
+    results: dict[str, bool] = {}
+    start = threading.Barrier(2)
+
+    def cancel() -> None:
+        start.wait()
+        results["cancelled"] = asker.cancel(rid)
+
+    def claim() -> None:
+        start.wait()
+        results["claimed"] = [c.id for c in owner.claim({"inbox": epoch})] == [rid]
+
+    threads = [threading.Thread(target=cancel), threading.Thread(target=claim)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results["cancelled"], results["claimed"]
 
 
 def test_a_request_past_its_deadline_is_never_claimed_and_expires(

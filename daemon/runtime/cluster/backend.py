@@ -1,8 +1,10 @@
 """A node's PostgreSQL stores: the schema migrated, then one connection per component.
 
-Three connections: leases and membership (synchronous commits: an epoch must never
+Five connections: leases and membership (synchronous commits: an epoch must never
 be handed out twice), the event log (asynchronous commits under fsync ``turn``, a
-synchronous one at each turn boundary) and the transcript store. Every connection
+synchronous one at each turn boundary), the transcript store, the routed operator
+requests (:mod:`daemon.cluster.requests`) and, in a thread of its own, the LISTEN
+connection that hears of them (:mod:`daemon.cluster.listen`). Every connection
 has a connect timeout and a statement timeout, so a hung PostgreSQL turns into a
 write error (a failed turn, a lease not renewed) rather than a hung daemon.
 """
@@ -18,6 +20,7 @@ from daemon.cluster.db import Database
 from daemon.cluster.errors import DatabaseUnavailable
 from daemon.cluster.eventlog import PgEventLogStore
 from daemon.cluster.leases import Leases, Membership
+from daemon.cluster.requests import RoutedRequests
 from daemon.cluster.schema import migrate
 from daemon.cluster.transcripts import PgTranscriptStore
 from daemon.config.cluster import ClusterConfig
@@ -55,6 +58,8 @@ class ClusterBackend:
     transcripts: PgTranscriptStore
     index: _TranscriptIndex
     schema_version: int
+    requests: RoutedRequests
+    listen: Database  # for :class:`daemon.cluster.listen.Listener` (its thread closes it)
 
     @classmethod
     def open(
@@ -103,6 +108,8 @@ class ClusterBackend:
             transcripts,
             _TranscriptIndex(transcripts),
             version,
+            RoutedRequests(database("requests"), keyring, node),
+            database("listen"),
         )
 
     @property
@@ -111,5 +118,5 @@ class ClusterBackend:
         return self.control.where
 
     def close(self) -> None:
-        for db in (self.events.db, self.transcripts.db, self.control):
+        for db in (self.events.db, self.transcripts.db, self.requests.db, self.control):
             db.close()

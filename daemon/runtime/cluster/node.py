@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from daemon.cluster.errors import DatabaseUnavailable, LeaseHeld
@@ -72,6 +73,8 @@ class ClusterNode:
         # gone (a closing client may still flush transcript lines for its session).
         self.finishing: set[str] = set()
         self.database_error: str | None = None
+        # Called at the end of every tick that reached the database (routed requests).
+        self.after_tick: Callable[[], None] | None = None
         rt.health.on_lost = self.lose
 
     # --- membership ------------------------------------------------------------------
@@ -153,6 +156,8 @@ class ClusterNode:
                 self.lose(name, None)
         if not rt.draining:
             self.place()
+            if self.after_tick is not None:
+                self.after_tick()
 
     def place(self) -> None:
         rt = self.rt

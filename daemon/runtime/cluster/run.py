@@ -12,14 +12,19 @@ the events live in PostgreSQL, readable by every node.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from daemon.agent.sdk import preload_sdk
+from daemon.cluster.listen import Listener
+from daemon.cluster.requests import CHANNEL
 from daemon.config.cluster import ClusterConfig
 from daemon.events import Event
 from daemon.runtime.cluster.backend import ClusterBackend
 from daemon.runtime.cluster.node import ClusterNode
 from daemon.runtime.cluster.routing import RoutedControl
+from daemon.runtime.cluster.serving import RequestServer
 from daemon.runtime.control import SOCKET_NAME, ControlServer
 from daemon.runtime.reloading import Reloader
 from daemon.runtime.status import status_line
@@ -29,6 +34,8 @@ if TYPE_CHECKING:
     from daemon.runtime.supervisor import Supervisor
 
 __all__ = ["ClusterRun"]
+
+T = TypeVar("T")
 
 
 class NoMirror:
@@ -104,8 +111,21 @@ class ClusterRun:
         )
         node.join()
         preload_sdk()  # before READY: no beat stalls the loop importing it
-        control = ControlServer(sup.layout.runtime_dir / SOCKET_NAME, RoutedControl(sup, node))
+        server = RequestServer(sup, node, backend.requests)
+        routed = RoutedControl(sup, node, backend.requests, server, self.cluster.route_wait)
+        node.after_tick = server.tick
+        control = ControlServer(sup.layout.runtime_dir / SOCKET_NAME, routed)
         await control.start()
+        event_loop = asyncio.get_running_loop()
+        listener = Listener(
+            backend.listen,
+            CHANNEL,
+            _on_loop(event_loop, routed.notified),
+            on_error=_on_loop(
+                event_loop, lambda error: node.log.warning("listen_failed", error=error)
+            ),
+        )
+        listener.start()
         metrics = await sup._start_metrics()
         sup.status_extra = node.status
         sup.notifier.notify("READY=1\nSTATUS=" + status_line(rt))
@@ -121,9 +141,11 @@ class ClusterRun:
         await sup.stop_requested.wait()
         for loop in loops:
             loop.cancel()
+        await routed.close()  # a request still waiting is cancelled: it never runs
         await sup._drain(rt)  # closes every conversation: their leases are released
         node.leave()
         await control.stop()
+        await asyncio.to_thread(listener.stop)
         if metrics is not None:
             await metrics.stop()
         if watchdog is not None:
@@ -133,3 +155,14 @@ class ClusterRun:
             return sup.health.fatal.exit_code
         sup.log.info("stopped")
         return 0
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, call: Callable[[T], None]) -> Callable[[T], None]:
+    """``call`` run on ``loop`` from another thread (the listener's); dropped once the
+    loop is closed (the daemon is exiting)."""
+
+    def hand(value: T) -> None:
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(call, value)
+
+    return hand
