@@ -9,7 +9,9 @@ answer to the row; the requester reads the answer and deletes the row. The contr
 * **Sealed.** The request and the answer are JSON sealed as a journal record is
   (:func:`daemon.journal.framing.seal`), stream ``rq:<conversation>:<id>``, sequence
   1 for the request and 2 for the answer: PostgreSQL sees ciphertext, and a body moved
-  to another row, conversation or slot fails to open.
+  to another row, conversation or slot fails to open. The sealed request repeats its
+  op and carries its own deadline: a row whose ``op`` was changed, or an old row put
+  back, is claimed and answered as unreadable, never run.
 * **Exactly once, fenced.** :meth:`RoutedRequests.claim` is one ``UPDATE`` that takes
   only rows nobody claimed or cancelled, before their ``deadline``, and only while the
   lease row of the conversation names this node at the epoch it holds (share-locked, as
@@ -34,7 +36,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, LiteralString, TypeVar
 
 import psycopg
@@ -50,6 +52,8 @@ T = TypeVar("T")
 CHANNEL = "vigil_routed"
 REQUEST_SEQ = 1
 ANSWER_SEQ = 2
+# How far the nodes' clocks may disagree (they must agree to well within a lease: NTP).
+CLOCK_SKEW = timedelta(seconds=30)
 
 _SUBMIT: LiteralString = (
     "WITH made AS ("
@@ -96,6 +100,7 @@ class Claimed:
     request: dict[str, Any]
     epoch: int
     created_at: datetime
+    problem: str | None = None  # the body did not open or check out: refuse, never run
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,9 @@ class RoutedRequests:
     ) -> str:
         """Write the request (sealed) and notify the owners; its id."""
         request_id = secrets.token_hex(8)
-        body = self._seal(conversation, request_id, REQUEST_SEQ, dict(request))
+        deadline = datetime.now(UTC) + wait
+        doc = {"op": op, "request": dict(request), "deadline": deadline.isoformat()}
+        body = self._seal(conversation, request_id, REQUEST_SEQ, doc)
         params = {
             "id": request_id,
             "c": conversation,
@@ -183,13 +190,35 @@ class RoutedRequests:
         params = {"n": self.node, "c": names, "e": [held[c] for c in names]}
         rows = self._run(lambda conn: conn.execute(_CLAIM, params).fetchall())
         claimed = []
+        now = datetime.now(UTC)
         for rid, conversation, op, by, body, epoch, created in rows:
+            request: dict[str, Any] = {}
+            problem = None
             try:
-                request = self._open(conversation, rid, REQUEST_SEQ, bytes(body))
-            except (FrameError, ValueError) as exc:  # claimed, so answered as refused
-                request = {"unreadable": str(exc)}
-            claimed.append(Claimed(rid, conversation, op, by, request, int(epoch), created))
+                request = self._request(conversation, rid, op, bytes(body), now)
+            except (FrameError, ValueError, TypeError) as exc:  # claimed: answered refused
+                problem = str(exc)
+            claimed.append(
+                Claimed(rid, conversation, op, by, request, int(epoch), created, problem)
+            )
         return sorted(claimed, key=lambda c: c.created_at)
+
+    def _request(
+        self, conversation: str, request_id: str, op: str, body: bytes, now: datetime
+    ) -> dict[str, Any]:
+        """The sealed request, checked: its op is the row's (the column is not sealed)
+        and its own deadline, by the requester's clock, has not passed by more than
+        :data:`CLOCK_SKEW` (an old row put back into the table is not run again)."""
+        doc = self._open(conversation, request_id, REQUEST_SEQ, body)
+        if doc.get("op") != op:
+            raise ValueError(f"the row says {op!r}, the sealed request {doc.get('op')!r}")
+        deadline = datetime.fromisoformat(str(doc.get("deadline")))
+        if now > deadline + CLOCK_SKEW:
+            raise ValueError(f"the request's own deadline {deadline.isoformat()} has passed")
+        request = doc.get("request")
+        if not isinstance(request, dict):
+            raise TypeError("the sealed request holds no request")
+        return request
 
     def answer(self, claimed: Claimed, answer: Mapping[str, Any]) -> bool:
         """Write the answer (sealed) and notify the requester; False when the row is

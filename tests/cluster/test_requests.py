@@ -170,9 +170,26 @@ def test_a_body_moved_to_another_request_does_not_open(pg_dsn: str, keyring: Key
             " WHERE id = %s",
             (first, second),
         )
-    claimed = {c.id: c.request for c in owner.claim({"inbox": epoch})}
-    assert claimed[first] == {"job": "inbox", "text": "one"}
-    assert "unreadable" in claimed[second]  # claimed, and answered as refused
+    claimed = {c.id: c for c in owner.claim({"inbox": epoch})}
+    assert claimed[first].request == {"job": "inbox", "text": "one"}
+    assert claimed[first].problem is None
+    assert "record belongs to another" in str(claimed[second].problem)  # answered refused
+
+
+def test_a_changed_op_or_an_old_row_put_back_is_not_run(pg_dsn: str, keyring: Keyring) -> None:
+    clock = ManualClock()
+    epoch = _leases(pg_dsn, "node-b", clock).acquire("inbox").epoch
+    asker, owner = _requests(pg_dsn, "node-a", keyring), _requests(pg_dsn, "node-b", keyring)
+    changed = asker.submit("inbox", "resume", {"job": "inbox"}, WAIT)
+    old = asker.submit("inbox", "beat", {"job": "inbox"}, timedelta(seconds=-40))
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE routed_requests SET op = 'pause' WHERE id = %s", (changed,))
+        conn.execute(  # sealed 40 s in the past, put back with a fresh row deadline
+            "UPDATE routed_requests SET deadline = now() + interval '1 hour' WHERE id = %s", (old,)
+        )
+    claimed = {c.id: c.problem for c in owner.claim({"inbox": epoch})}
+    assert "the sealed request 'resume'" in str(claimed[changed])
+    assert "deadline" in str(claimed[old])
 
 
 def test_insert_and_answer_are_notified(pg_dsn: str, keyring: Keyring) -> None:

@@ -35,12 +35,13 @@ EXPIRE_AFTER = timedelta(minutes=10)
 Answer = dict[str, Any]
 
 
-def run_request(sup: Supervisor, conversation: str, op: str, request: dict[str, Any]) -> Answer:
+def run_request(sup: Supervisor, claimed: Claimed) -> Answer:
     """A claimed request through the supervisor's own door; the answer the control
     socket would give. The job is the row's conversation, whatever the body says (the
     body is sealed to it anyway)."""
-    if "unreadable" in request:
-        return {"ok": False, "error": f"the request could not be read: {request['unreadable']}"}
+    conversation, op, request = claimed.conversation, claimed.op, claimed.request
+    if claimed.problem is not None:
+        return {"ok": False, "error": f"the request could not be read: {claimed.problem}"}
     if op == "beat":
         ok, why = sup.request_beat(conversation)
         return {"ok": True} if ok else {"ok": False, "error": why}
@@ -86,7 +87,7 @@ class RequestServer:
         return len(claimed)
 
     def _serve_one(self, claimed: Claimed) -> None:
-        answer = run_request(self.sup, claimed.conversation, claimed.op, claimed.request)
+        answer = run_request(self.sup, claimed)
         try:
             stored = self.requests.answer(claimed, answer)
         except DatabaseUnavailable as exc:  # the requester gives up at its deadline
