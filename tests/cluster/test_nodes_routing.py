@@ -132,7 +132,9 @@ def test_commands_on_a_node_that_does_not_own_the_conversation_run_once_on_its_o
     assert any(note in t for t in fleet.model.stats()["last_seen"])
 
     # pause and resume: journaled on the owner.
+    began = time.monotonic()
     paused = fleet.vigil("node-a", "pause", name)
+    routed_s = time.monotonic() - began
     assert paused.returncode == 0, paused.stderr
     assert f"paused {name!r} until `vigil resume {name}`" in paused.stdout
     resumed = fleet.vigil("node-a", "resume", name)
@@ -146,7 +148,13 @@ def test_commands_on_a_node_that_does_not_own_the_conversation_run_once_on_its_o
     ops = sorted(x["op"] for x in owner.events("routed_request_served", job=name))
     assert ops == ["beat", "beat", "pause", "queue", "resume", "send", "send"]
     assert asker.events("routed_request_served") == []
-    print(f"routed beat answered in {answered['latency_ms']} ms")
+    began = time.monotonic()
+    assert fleet.vigil("node-b", "pause", name).returncode == 0  # the same, locally
+    local_s = time.monotonic() - began
+    latencies = [x["latency_ms"] for x in asker.events("routed_request_answered")]
+    assert answered["latency_ms"] == latencies[0]
+    print(f"\nrouted requests answered in {latencies} ms (node-a's submit to answer read);")
+    print(f"`vigil pause` routed {routed_s:.2f}s, local {local_s:.2f}s (CLI process included)")
     for daemon in daemons.values():
         assert daemon.terminate() == 0
 
