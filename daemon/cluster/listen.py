@@ -50,6 +50,10 @@ class Listener:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout: float = 2 * WAKE_S) -> None:
         self._stop.set()
         if self._thread is not None:

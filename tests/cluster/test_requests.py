@@ -196,7 +196,9 @@ def test_insert_and_answer_are_notified(pg_dsn: str, keyring: Keyring) -> None:
     clock = ManualClock()
     epoch = _leases(pg_dsn, "node-b", clock).acquire("inbox").epoch
     heard: queue.Queue[str | None] = queue.Queue()
-    listener = Listener(Database(pg_dsn), CHANNEL, heard.put)
+    errors: list[str] = []
+    listen_db = Database(pg_dsn, application_name="test listen")
+    listener = Listener(listen_db, CHANNEL, heard.put, on_error=errors.append)
     listener.start()
     try:
         assert heard.get(timeout=5) is None  # connected: look at the table
@@ -206,5 +208,16 @@ def test_insert_and_answer_are_notified(pg_dsn: str, keyring: Keyring) -> None:
         (claimed,) = owner.claim({"inbox": epoch})
         owner.answer(claimed, {"ok": True})
         assert heard.get(timeout=5) == f"a:{rid}"
+
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:  # the connection is cut
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'test listen'"
+            )
+        assert heard.get(timeout=10) is None  # reconnected: look at the table again
+        assert len(errors) == 1
+        asker.submit("inbox", "beat", {"job": "inbox"}, WAIT)
+        assert heard.get(timeout=5) == "r:inbox"
     finally:
         listener.stop()
+    assert not listener.alive
