@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -97,8 +98,9 @@ def test_commands_on_a_node_that_does_not_own_the_conversation_run_once_on_its_o
         assert first
         (running,) = turns(fleet, name, trigger="send")
         assert not completed(fleet, name, running["turn"])  # it streamed: still running
-        routed = fleet.vigil("node-a", "send", name, "Are you there?")
-        local = fleet.vigil("node-b", "send", name, "Are you there?")
+        with ThreadPoolExecutor(2) as pool:  # both while the turn runs
+            asked = [pool.submit(fleet.vigil, n, "send", name, "Are you there?") for n in NODES]
+            routed, local = (f.result() for f in asked)
         assert (routed.returncode, local.returncode) == (10, 10)
         assert "one turn at a time" in local.stderr
         assert routed.stderr == local.stderr
