@@ -14,7 +14,7 @@ from daemon.cluster.db import Database
 from daemon.cluster.leases import Leases
 from daemon.cluster.requests import RoutedRequests
 from daemon.journal.keyring import Keyring
-from daemon.runtime.cluster.routing import RoutedControl
+from daemon.runtime.cluster.routing import RoutedControl, not_taken
 from daemon.runtime.cluster.serving import RequestServer
 from tests.cluster.helpers import TTL, ManualClock
 
@@ -150,3 +150,15 @@ def test_a_stopping_node_stops_waiting_and_cancels(pg_dsn: str, keyring: Keyring
 
     assert asyncio.run(run()) == (False, "the daemon is stopping; nothing was run")
     assert server.serve() == 0
+
+
+def test_the_refusal_names_the_owner_and_the_command_to_run_there() -> None:
+    wait = timedelta(seconds=7)
+    text = not_taken("inbox", "queue", here="node-a", owner="node-b", ran_out_s=4.2, wait=wait)
+    assert text.startswith("'inbox' is owned by node node-b, not node-a: node-b (its lease")
+    assert "ran out 4s ago) did not take the request within 7s" in text
+    assert "Run `vigil send inbox --next-beat` on node-b" in text
+    live = not_taken("inbox", "beat", here="node-a", owner="node-b", ran_out_s=-3.0, wait=wait)
+    assert "node-b did not take" in live and "Run `vigil beat inbox` on node-b" in live
+    nobody = not_taken("inbox", "pause", here="node-a", owner=None, ran_out_s=0.0, wait=wait)
+    assert "not held by any node right now" in nobody and "nothing was run, nor will be" in nobody

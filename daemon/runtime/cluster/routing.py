@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from daemon.runtime.cluster.node import ClusterNode
     from daemon.runtime.supervisor import Supervisor
 
-__all__ = ["RoutedControl"]
+__all__ = ["RoutedControl", "not_taken"]
 
 POLL_S = 0.5  # the answer's notification is the fast path
 CLAIMED_GRACE_S = ROUTE_CLAIMED_GRACE.total_seconds()
@@ -52,6 +52,28 @@ COMMAND = {"queue": "send {name} --next-beat"}
 
 def _refused(why: str) -> Answer:
     return {"ok": False, "error": why}
+
+
+def not_taken(
+    name: str, op: str, *, here: str, owner: str | None, ran_out_s: float, wait: timedelta
+) -> str:
+    """Why a routed ``op`` of ``name`` was refused when no node took it within
+    ``wait``: naming ``owner`` (the lease row's node, its lease ran out ``ran_out_s``
+    ago when positive), or saying nobody holds it. Nothing ran, and nothing will."""
+    within = f"{wait.total_seconds():g}s"
+    if owner is None:
+        return (
+            f"{name!r} is not held by any node right now (it is being placed or taken "
+            f"over) and no node took the request within {within}; nothing was run, nor will "
+            f"be. Try again in a few seconds, or see `vigil status`"
+        )
+    command = COMMAND.get(op, op + " {name}").format(name=name)
+    state = f" (its lease ran out {ran_out_s:.0f}s ago)" if ran_out_s > 0 else ""
+    return (
+        f"{name!r} is owned by node {owner}, not {here}: {owner}{state} did not take the "
+        f"request within {within} (stopped, or cut off from the database?); nothing was "
+        f"run, nor will be. Run `vigil {command}` on {owner}, or see `vigil status`"
+    )
 
 
 class RoutedControl:
@@ -199,26 +221,18 @@ class RoutedControl:
 
     def _not_taken(self, name: str, op: str) -> str:
         """The refusal when no owner took the request in time, naming the owner."""
-        here = self.node.name
-        wait = f"{self.wait.total_seconds():g}s"
-        command = COMMAND.get(op, op + " {name}").format(name=name)
         try:
             lease = self.node.backend.leases.owner(name)
         except DatabaseUnavailable as exc:
             lease = None
             self.log.warning("routed_owner_unknown", job=name, error=str(exc))
-        if lease is None or lease.node == here:
-            return (
-                f"{name!r} is not held by any node right now (it is being placed or taken "
-                f"over) and no node took the request within {wait}; nothing was run. Try "
-                f"again in a few seconds, or see `vigil status`"
-            )
-        ago = (self.node.rt.clock.now() - lease.expires_at).total_seconds()
-        state = f" (its lease ran out {ago:.0f}s ago)" if ago > 0 else ""
-        return (
-            f"{name!r} is owned by node {lease.node}, not {here}: {lease.node}{state} did not "
-            f"take the request within {wait} (stopped, or cut off from the database?); nothing "
-            f"was run, nor will be. Run `vigil {command}` on {lease.node}, or see `vigil status`"
+        if lease is None or lease.node == self.node.name:
+            owner, ran_out = None, 0.0
+        else:
+            owner = lease.node
+            ran_out = (self.node.rt.clock.now() - lease.expires_at).total_seconds()
+        return not_taken(
+            name, op, here=self.node.name, owner=owner, ran_out_s=ran_out, wait=self.wait
         )
 
     # --- notifications and shutdown ------------------------------------------------
