@@ -153,10 +153,30 @@ def test_commands_on_a_node_that_does_not_own_the_conversation_run_once_on_its_o
     began = time.monotonic()
     assert fleet.vigil("node-b", "pause", name).returncode == 0  # the same, locally
     local_s = time.monotonic() - began
+
+    # The owner freezes: the request waits out the takeover and runs, once, on the node
+    # that holds the lease when it claims (here the asking node itself).
+    os.kill(owner.pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        moved = fleet.vigil("node-a", "beat", name)
+        moved_s = time.monotonic() - began
+    finally:
+        os.kill(owner.pid, signal.SIGCONT)
+    assert moved.returncode == 0, moved.stderr
+    served = asker.wait_event("routed_request_served", 10, job=name)
+    assert (served["op"], served["requested_by"]) == ("beat", "node-a")
+    third = wait_until(
+        "the third manual beat", lambda: turns(fleet, name, trigger="manual")[2:], 30
+    )
+    wait_until("it completed", lambda: completed(fleet, name, third[0]["turn"]), 60)
+    assert len(turns(fleet, name, trigger="manual")) == 3
+    assert len(owner.events("routed_request_served", job=name)) == len(ops)
     latencies = [x["latency_ms"] for x in asker.events("routed_request_answered")]
     assert answered["latency_ms"] == latencies[0]
     print(f"\nrouted requests answered in {latencies} ms (node-a's submit to answer read);")
     print(f"`vigil pause` routed {routed_s:.2f}s, local {local_s:.2f}s (CLI process included)")
+    print(f"`vigil beat` across a takeover (lease 3 s): {moved_s:.2f}s")
     for daemon in daemons.values():
         assert daemon.terminate() == 0
 
