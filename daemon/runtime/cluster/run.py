@@ -25,7 +25,7 @@ from daemon.runtime.reloading import Reloader
 from daemon.runtime.status import status_line
 
 if TYPE_CHECKING:
-    from daemon.config.model import HeartbeatConfig
+    from daemon.config.model import Config, HeartbeatConfig
     from daemon.runtime.supervisor import Supervisor
 
 __all__ = ["ClusterRun"]
@@ -47,8 +47,9 @@ class ClusterReloader(Reloader):
 
     node: ClusterNode | None = None
 
-    def reload(self) -> bool:
-        applied = super().reload()
+    def apply(self, new: Config | str) -> bool:
+        # Both ways in (SIGHUP reads the file off the loop, then applies) end here.
+        applied = super().apply(new)
         if applied and self.node is not None:
             self.node.reconfigured()
         return applied
