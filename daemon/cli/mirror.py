@@ -85,7 +85,8 @@ def add_commands(
         "search",
         help="full-text search over prompts and replies",
         description="Finds turns whose prompt or reply contains every word of TEXT (from the "
-        "mirror; without one, from the journals). Matches are shown between [ and ].",
+        "mirror; without one, from the journals; with [cluster], from PostgreSQL). Matches "
+        "are shown between [ and ].",
     )
     p.add_argument("text", help="words to find (all must occur)")
     p.add_argument("--limit", type=int, default=20, help="at most this many hits (default 20)")
@@ -96,7 +97,8 @@ def add_commands(
     p = sub.add_parser(
         "sessions",
         help="list the conversations: turns, last status, activity, spend today",
-        description="From the mirror when there is one, else read from the journals.",
+        description="From the mirror when there is one, else read from the journals "
+        "(with [cluster]: from PostgreSQL, any node's conversations).",
     )
     p.add_argument("--config", type=Path, default=None, help=config_help)
     p.add_argument("--json", action="store_true", help="a JSON array, for scripts")
@@ -239,9 +241,15 @@ def _verify_cluster(config: Config, *, as_json: bool) -> int:
 
 @contextmanager
 def _reader(config: Config) -> Iterator[Mirror]:
-    """The live mirror read-only; without one, a mirror built in memory from the journals."""
+    """The live mirror read-only; without one, a mirror built in memory from the journals
+    (with ``[cluster]``: from the events in PostgreSQL)."""
     path = config.daemon.mirror_file
-    if own_file(path, stat.S_IFREG):
+    if config.cluster is not None:
+        from daemon.ops.cluster import ClusterReader  # noqa: PLC0415  # imports psycopg
+
+        with ClusterReader(config, keyring_of(config)) as cluster:
+            mirror = cluster.mirror()
+    elif own_file(path, stat.S_IFREG):
         mirror = Mirror.open(path, readonly=True)
     else:
         why = (

@@ -2,7 +2,9 @@
 
 ``vigil history``, ``tail`` (``-f`` polls every 0.2 s) and ``export`` read a
 conversation's events with the key, exactly as from a journal file (every record
-authenticated, the sequence checked for gaps); ``vigil status`` shows the nodes and
+authenticated, the sequence checked for gaps); ``vigil sessions`` and ``search`` fold
+every conversation's events into a mirror in memory (:meth:`ClusterReader.mirror`: the
+same rows and queries as a node's mirror file); ``vigil status`` shows the nodes and
 who owns which conversation. They work from any machine that has the configuration,
 the key and access to the database, with or without a node running there.
 
@@ -18,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from daemon.cluster.db import Database
+from daemon.cluster.errors import DatabaseUnavailable
 from daemon.cluster.eventlog import PgEventLogStore
 from daemon.cluster.leases import Leases
 from daemon.cluster.view import cluster_view, view_json
@@ -27,11 +30,17 @@ from daemon.errors import UnknownJobError
 from daemon.events import Event
 from daemon.events.heal import ConversationView, fold
 from daemon.journal.keyring import Keyring
+from daemon.mirror.db import Mirror
+from daemon.mirror.rebuild import events_feed
 
 __all__ = ["ClusterReader", "print_cluster_status"]
 
 STATEMENT_TIMEOUT_MS = 30_000
+# `tail -f` polls (one indexed statement per poll) rather than LISTEN: a NOTIFY per
+# append would make every node's commits take PostgreSQL's one notification-queue lock
+# (PreCommit_Notify serializes all notifying transactions), for the sake of a reader.
 FOLLOW_POLL_S = 0.2
+OUTAGE_RETRY_S = 1.0
 
 
 class ClusterReader:
@@ -84,6 +93,18 @@ class ClusterReader:
         events = [event for _, event in self.events(name)]
         return fold(events, open_turn_status="running" if self.owned_now(name) else "interrupted")
 
+    def mirror(self) -> Mirror:
+        """Every conversation's events folded into a mirror in memory, for ``vigil
+        sessions`` and ``search``: the rows a node's mirror file would hold."""
+        mirror = Mirror.open(":memory:")
+        try:
+            for name in self.store.names():
+                mirror.replay(name, events_feed(self.events(name)))
+        except BaseException:
+            mirror.db.close()
+            raise
+        return mirror
+
     def status(self) -> dict[str, Any]:
         return view_json(cluster_view(self.db), datetime.now(UTC), self.cluster.lease)
 
@@ -105,10 +126,21 @@ class ClusterReader:
         for seq, event in events[-lines:] if lines > 0 else []:
             show(seq, event)
         last = events[-1][0] if events else 0
+        outage: str | None = None
         while follow:
-            for seq, event in self.events(name, last):
-                show(seq, event)
-                last = seq
+            try:
+                for seq, event in self.events(name, last):
+                    show(seq, event)
+                    last = seq
+            except DatabaseUnavailable as exc:  # a restart or fail-over: keep following
+                if outage is None:
+                    print(f"vigil: {exc}; still following, retrying", file=sys.stderr)
+                outage = str(exc)
+                time.sleep(OUTAGE_RETRY_S)
+                continue
+            if outage is not None:
+                print(f"vigil: {self.db.where} reachable again", file=sys.stderr)
+                outage = None
             sys.stdout.flush()
             time.sleep(FOLLOW_POLL_S)
 

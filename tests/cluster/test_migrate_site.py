@@ -1,6 +1,7 @@
 """``vigil migrate --to-cluster`` end to end: a real single-node daemon runs a few
 conversations on files, stops; the migration copies them into a real PostgreSQL; the
-operator's ``vigil history`` reads the same from the cluster as from the files; and
+operator's ``vigil history``, ``sessions`` and ``search`` read the same from the
+cluster as from the files; and
 a cluster node started on it resumes every conversation with its memory, from the
 transcripts in PostgreSQL (the runtime directory, with the CLI's own copy, is wiped
 first)."""
@@ -122,6 +123,14 @@ def test_a_single_node_site_moves_into_the_cluster_with_its_memory(fleet: Fleet)
     assert fleet.password not in done.stdout + done.stderr
     assert digests(state_dir) == files
     assert histories(fleet, cluster) == before  # the operator sees the same history
+    # ... and the same sessions and search results, read from PostgreSQL.
+    for command in (("sessions",), ("search", "digest beat"), ("search", "beat", "--limit", "50")):
+        on_files = vigil(fleet, single, *command, "--json")
+        on_cluster = vigil(fleet, cluster, *command, "--json")
+        assert on_files.returncode == on_cluster.returncode == 0, on_cluster.stderr
+        assert json.loads(on_cluster.stdout) == json.loads(on_files.stdout), command
+        assert json.loads(on_cluster.stdout), command
+        assert fleet.password not in on_cluster.stdout + on_cluster.stderr
 
     # Again: nothing left to do, everything checked once more.
     again = vigil(fleet, cluster, "migrate", "--to-cluster", "--json")
