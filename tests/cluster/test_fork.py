@@ -193,8 +193,17 @@ def test_fork_at_the_last_turn_and_at_a_turn_in_postgresql(
         for plain in (b"prompt 1", b"reply 1", b"alpha", site.session.encode(), b"forked"):
             assert plain not in line
 
-    # And the cluster's verify authenticates every record, the fork's too.
+    # The cluster's verify authenticates every record, the fork's too; sessions (read
+    # from PostgreSQL) say where each fork came from.
     assert main(["verify", "--config", str(site.config)]) == 0, capsys.readouterr()
+    capsys.readouterr()
+    assert main(["sessions", "--config", str(site.config), "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {n: (r["forked_from"], r["forked_turn"]) for n, r in rows.items()} == {
+        "alpha": (None, None),
+        "bravo": ("alpha", 3),
+        "charlie": ("alpha", 2),
+    }
 
 
 def test_every_refusal_writes_nothing(
