@@ -48,7 +48,7 @@ class ClusterReloader(Reloader):
     node: ClusterNode | None = None
 
     def apply(self, new: Config | str) -> bool:
-        # Both ways in (SIGHUP reads the file off the loop, then applies) end here.
+        # ``apply``, where both reload paths (``reload`` and ``reload_off_loop``) end.
         applied = super().apply(new)
         if applied and self.node is not None:
             self.node.reconfigured()
