@@ -1,4 +1,5 @@
-"""A rolling change of the jobs, SIGHUP node by node: the fleet converges.
+"""A rolling change of the jobs, SIGHUP node by node: the fleet converges; and a node
+that lacks a job's working directory never takes that job.
 
 Two real ``vigil run`` nodes on one real PostgreSQL (the real SDK and CLI, the loopback
 model) run two conversations. The operator adds a job and drops one, reloading one
@@ -11,7 +12,9 @@ runs nowhere, the new one somewhere, and no node refused anything.
 
 from __future__ import annotations
 
+import json
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +25,7 @@ from tests.cluster.conftest import NewDatabase
 from tests.cluster.fleet import Fleet
 from tests.cluster.test_nodes import owners, wait_until
 
+LEASE_S = 3.0
 BEFORE = [("inbox", "inbox beat"), ("digest", "digest beat")]
 AFTER = [("inbox", "inbox beat"), ("report", "report beat")]
 
@@ -37,7 +41,7 @@ def dev_model() -> Iterator[DevModel]:
 
 @pytest.fixture
 def fleet(new_database: NewDatabase, dev_model: DevModel, tmp_path: Any) -> Iterator[Fleet]:
-    made = Fleet(new_database(), dev_model, lease="3s")
+    made = Fleet(new_database(), dev_model, lease=f"{LEASE_S:g}s")
     try:
         yield made
     finally:
@@ -103,3 +107,36 @@ def test_a_fleet_reloaded_node_by_node_converges(fleet: Fleet) -> None:
         assert not daemon.events("ownership_lost")
     assert not fleet.password_shown()
     print(f"\nconverged: {placed}")
+
+
+@pytest.mark.timeout(120)
+def test_a_node_without_a_jobs_cwd_never_takes_it_and_says_so(fleet: Fleet) -> None:
+    """``far`` runs in a directory node-b lacks (it is missing while node-b starts, as
+    on a host where it was never made): node-b says so, and when node-a dies node-b
+    takes over the other conversation but never ``far``."""
+    far = fleet.root / "far"
+    far.mkdir()
+    jobs = [("inbox", "inbox beat"), ("far", "far beat")]
+    for node in ("node-a", "node-b"):
+        fleet.write_config(node, jobs, every="2s", cwds={"far": far})
+    first = fleet.start("node-a")
+    first.wait_event("turn_completed", 60, job="far")
+    hidden = far.rename(fleet.root / "far-away")
+    try:
+        second = fleet.start("node-b")
+    finally:
+        hidden.rename(far)
+    missing = second.wait_event("job_cwd_missing", 5, job="far")
+    assert missing["cwd"] == str(far)
+    status = fleet.vigil("node-b", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["cluster"]["without_cwd"] == ["far"]
+
+    first.kill()
+    wait_until("node-b took inbox over", lambda: owners(fleet).get("inbox") == "node-b", 30)
+    second.wait_event("turn_completed", 30, job="inbox", start=second.count())
+    time.sleep(2 * LEASE_S)  # long past far's lease: still nobody may take it
+    assert "far" not in owners(fleet)
+    assert not second.events("conversation_acquired", job="far")
+    assert second.terminate() == 0
+    assert not fleet.password_shown()
