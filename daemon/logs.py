@@ -23,8 +23,9 @@ import structlog
 LogFormat = Literal["json", "console"]
 
 
-#: Log fields that carry conversation text, on any line.
-CONTENT_FIELDS = ("prompt", "text", "reply")
+#: Log fields that carry conversation text, on any line (``output``: what a sink's
+#: program printed, which may quote the reply).
+CONTENT_FIELDS = ("prompt", "text", "reply", "output")
 
 
 def content_filter(

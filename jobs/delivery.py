@@ -59,7 +59,12 @@ class DeliveryLog(Protocol):
     def done(self, key: DeliveryKey, attempt: int) -> None: ...
 
     def failed(
-        self, key: DeliveryKey, attempt: int, error: str, retry_in: timedelta | None
+        self,
+        key: DeliveryKey,
+        attempt: int,
+        error: str,
+        retry_in: timedelta | None,
+        output: str | None = None,
     ) -> None: ...
 
     def unknown(self, key: DeliveryKey, attempt: int, reason: str) -> None: ...
@@ -96,8 +101,9 @@ async def deliver_one(
             raise
         except Exception as exc:  # a sink bug must not look like a delivery
             error = exc.reason if isinstance(exc, SinkError) else f"{type(exc).__name__}: {exc}"
+            output = exc.output if isinstance(exc, SinkError) else None
             retry_in = retry_delay(attempt, route.retry_delay) if attempt <= route.retries else None
-            log.failed(key, attempt, error, retry_in)
+            log.failed(key, attempt, error, retry_in, output)
             if retry_in is None:
                 return DeliveryResult(key, "failed", attempt, error)
             try:

@@ -67,11 +67,13 @@ class Reply:
 
 
 class SinkError(Exception):
-    """A delivery attempt failed; ``reason`` says why in a sentence."""
+    """A delivery attempt failed; ``reason`` says why in a sentence; ``output`` is what
+    the sink's own program printed, if anything (it may quote the reply)."""
 
-    def __init__(self, sink: str, reason: str) -> None:
+    def __init__(self, sink: str, reason: str, output: str | None = None) -> None:
         self.sink = sink
         self.reason = reason
+        self.output = output or None
         super().__init__(sink, reason)
 
     def __str__(self) -> str:
@@ -181,9 +183,7 @@ class CommandSink:
         if proc.returncode != 0:
             tail = stderr.decode("utf-8", "replace").strip()[-_STDERR_TAIL:]
             raise SinkError(
-                self.name,
-                f"{self.argv[0]} exited with status {proc.returncode}"
-                + (f": {tail}" if tail else ""),
+                self.name, f"{self.argv[0]} exited with status {proc.returncode}", output=tail
             )
 
 

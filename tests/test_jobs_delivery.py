@@ -31,12 +31,23 @@ class ListLog:
         self.events.append(events.delivery_done(key.turn, key.delivery, key.sink, attempt))
 
     def failed(
-        self, key: DeliveryKey, attempt: int, error: str, retry_in: timedelta | None
+        self,
+        key: DeliveryKey,
+        attempt: int,
+        error: str,
+        retry_in: timedelta | None,
+        output: str | None = None,
     ) -> None:
         seconds = None if retry_in is None else retry_in.total_seconds()
         self.events.append(
             events.delivery_failed(
-                key.turn, key.delivery, key.sink, attempt, error=error, retry_in_s=seconds
+                key.turn,
+                key.delivery,
+                key.sink,
+                attempt,
+                error=error,
+                retry_in_s=seconds,
+                output=output,
             )
         )
 

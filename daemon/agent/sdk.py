@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from daemon import events as ev
 from daemon.agent.boundary import compacted_event, whole
-from daemon.agent.store import JournalSessionStore
 from daemon.events import Event
 from daemon.ports.agent import (
     AgentFailure,
@@ -34,7 +33,7 @@ from daemon.ports.transcripts import TranscriptStore
 
 if TYPE_CHECKING:
     from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
-    from claude_agent_sdk.types import SessionKey
+    from claude_agent_sdk.types import SessionKey, SessionStore
 
 # claude_agent_sdk takes about a second to import, so it is imported where it is used
 # (the daemon announces READY without it; `vigil status` and friends never load it).
@@ -84,12 +83,13 @@ class ForkedTranscript:
 
 
 async def fork_transcript(
-    store: JournalSessionStore, session_id: str, cwd: Path | str, up_to: str
+    store: SessionStore, session_id: str, cwd: Path | str, up_to: str
 ) -> ForkedTranscript:
     """Copy session ``session_id``'s transcript up to entry ``up_to`` (inclusive) into a
-    new session in ``store``, offline: the SDK's ``fork_session_via_store`` gives every
-    entry a new uuid and the new ``sessionId``, keeps the ``parentUuid`` chain and
-    stamps ``forkedFrom``; no CLI runs. The source is only read.
+    new session in ``store`` (the file store or PostgreSQL's), offline: the SDK's
+    ``fork_session_via_store`` gives every entry a new uuid and the new ``sessionId``,
+    keeps the ``parentUuid`` chain and stamps ``forkedFrom``; no CLI runs. The source
+    is only read.
     """
     from claude_agent_sdk import fork_session_via_store  # noqa: PLC0415
 

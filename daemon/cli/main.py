@@ -40,8 +40,9 @@ exit codes:
   9  no daemon is running, or it did not answer in time (status, beat, send, pause, resume)
  10  the daemon refused the request (beat, send, pause, resume): a turn of that
      conversation is running, the beat was skipped, or the job is unknown
- 11  fork refused: NEW_NAME already has a journal (or is a job with another cwd), TURN is
-     not a completed turn of NAME, or NAME has no completed turn
+ 11  fork refused: NEW_NAME already has a journal (or events, or a live node's lease, in a
+     cluster; or is a job with another cwd), TURN is not a completed turn of NAME, or NAME
+     has no completed turn
  12  the turn `vigil send` started failed or was interrupted (the reason is on stderr)
  13  migrate refused a conversation or transcript: the database holds other records
 """
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         "safe while the daemon runs; NAME's journal and transcript are only read. NEW_NAME's\n"
         "journal starts with a `forked` record. Add a [[heartbeat]] named NEW_NAME with NAME's\n"
         "cwd and reload: its next beat continues the fork, as turn TURN + 1.\n"
+        "With [cluster] the same happens in PostgreSQL (from any machine with the config, the\n"
+        "key and the database), under NEW_NAME's lease as node vigil-fork, released at once.\n"
         "Exit 2 for an unknown NAME, 11 when the fork is refused (nothing is written).",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -252,25 +255,34 @@ def cmd_history(config_path: Path | None, name: str, *, as_json: bool) -> int:
 def cmd_fork(
     config_path: Path | None, name: str, new_name: str, at: int | None, *, as_json: bool
 ) -> int:
-    from daemon.ops.fork import fork_conversation  # noqa: PLC0415
+    from daemon.ops.fork import ForkResult, fork_conversation  # noqa: PLC0415
 
     config, keyring = _load(config_path)
-    existing_journal(config, name)  # an unknown NAME: UnknownJobError, listing the known
-    layout = Layout(config.daemon.state_dir, config.daemon.runtime_dir)
-    check_owner(layout.state_dir)
     configured = next((str(j.cwd) for j in config.heartbeats if j.name == new_name), None)
-    result, warning = asyncio.run(
-        fork_conversation(
-            layout,
-            keyring,
-            name,
-            new_name,
-            at,
-            fsync=FsyncPolicy(config.daemon.fsync),
-            configured_cwd=configured,
-            mirror_path=config.daemon.mirror_file,
+    result: ForkResult
+    warning: str | None = None
+    if config.cluster is not None:  # the conversations live in PostgreSQL
+        from daemon.ops.cluster_fork import fork_in_cluster  # noqa: PLC0415  # imports psycopg
+
+        result = asyncio.run(
+            fork_in_cluster(config, keyring, name, new_name, at, configured_cwd=configured)
         )
-    )
+    else:
+        existing_journal(config, name)  # an unknown NAME: UnknownJobError, listing the known
+        layout = Layout(config.daemon.state_dir, config.daemon.runtime_dir)
+        check_owner(layout.state_dir)
+        result, warning = asyncio.run(
+            fork_conversation(
+                layout,
+                keyring,
+                name,
+                new_name,
+                at,
+                fsync=FsyncPolicy(config.daemon.fsync),
+                configured_cwd=configured,
+                mirror_path=config.daemon.mirror_file,
+            )
+        )
     if warning is not None:
         print(f"vigil: warning: {warning}", file=sys.stderr)
     if as_json:

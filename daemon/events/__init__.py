@@ -281,8 +281,13 @@ def delivery_failed(
     *,
     error: str,
     retry_in_s: float | None,
+    output: str | None = None,
     at: str | None = None,
 ) -> Event:
+    """``error`` says why in vigil's words; ``output`` is what the sink's program
+    printed (a command sink's stderr tail), which may quote the reply: it is journaled,
+    and logged only as its size unless the operator opted in to logging content."""
+    extra = {"output": output} if output else {}
     return _event(
         "delivery_failed",
         at,
@@ -292,7 +297,21 @@ def delivery_failed(
         attempt=attempt,
         error=error,
         retry_in_s=retry_in_s,
+        **extra,
     )
+
+
+def delivery_error(event: Event) -> str | None:
+    """What ``history`` and the mirror say about a failed or unknown delivery."""
+    kind = event_type(event)
+    if kind == "delivery_unknown":
+        return f"outcome unknown ({event.get('reason')}); not sent again"
+    if kind != "delivery_failed":
+        return None
+    error, output = event.get("error"), event.get("output")
+    if not isinstance(error, str):
+        return None
+    return f"{error}: {output}" if isinstance(output, str) and output else error
 
 
 def delivery_unknown(

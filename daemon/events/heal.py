@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from daemon.events import Event, event_type
+from daemon.events import Event, delivery_error, event_type
 from jobs.cost import RESTARTS_COST_TOTAL, CostSteps, add_cost
 
 TurnStatus = Literal["running", "completed", "quiet", "failed", "interrupted", "skipped"]
@@ -313,7 +313,7 @@ def _delivery(t: TurnView, kind: str, ev: Event, open_status: DeliveryStatus) ->
         view.status, view.error = "done", None
     elif kind == "delivery_failed":
         view.status = "failed" if ev.get("retry_in_s") is None else "retrying"
-        view.error = ev.get("error")
+        view.error = delivery_error(ev)
     elif kind == "delivery_unknown":
         view.status = "unknown"
-        view.error = f"outcome unknown ({ev.get('reason')}); not sent again"
+        view.error = delivery_error(ev)

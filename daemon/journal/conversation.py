@@ -284,8 +284,8 @@ class Conversation:
                 fields["count"] = event["count"]
             self.log.warning(kind, reason=event.get("reason"), detail=event.get("detail"), **fields)
         elif kind.startswith("delivery_"):
-            extra = ("sink", "attempt", "error", "retry_in_s", "reason")
-            fields.update({k: event[k] for k in extra if event.get(k) is not None})
+            keys = ("sink", "attempt", "error", "output", "retry_in_s", "reason")
+            fields.update({k: event[k] for k in keys if event.get(k) is not None})
             if kind in ("delivery_started", "delivery_done"):
                 self.log.info(kind, **fields)
             else:

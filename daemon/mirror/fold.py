@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from daemon.events import Event
+from daemon.events import Event, delivery_error
 from daemon.mirror.state import (
     USAGE_KEYS,
     ConvState,
@@ -228,7 +228,7 @@ def _delivery(c: ConvState, seq: int, turn_no: int, ev: Event, loader: Loader) -
         d.status, d.error = "done", None
     elif kind == "delivery_failed":
         d.status = "failed" if ev.get("retry_in_s") is None else "retrying"
-        d.error = ev.get("error")
+        d.error = delivery_error(ev)
     elif kind == "delivery_unknown":
         d.status = "unknown"
-        d.error = f"outcome unknown ({ev.get('reason')}); not sent again"
+        d.error = delivery_error(ev)

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from daemon.cluster.db import Database
+from daemon.cluster.errors import DatabaseUnavailable
 from daemon.cluster.eventlog import PgEventLogStore
 from daemon.cluster.leases import Leases
 from daemon.cluster.view import cluster_view, view_json
@@ -35,7 +36,11 @@ from daemon.mirror.rebuild import events_feed
 __all__ = ["ClusterReader", "print_cluster_status"]
 
 STATEMENT_TIMEOUT_MS = 30_000
+# `tail -f` polls (one indexed statement per poll) rather than LISTEN: a NOTIFY per
+# append would make every node's commits take PostgreSQL's one notification-queue lock
+# (PreCommit_Notify serializes all notifying transactions), for the sake of a reader.
 FOLLOW_POLL_S = 0.2
+OUTAGE_RETRY_S = 1.0
 
 
 class ClusterReader:
@@ -121,10 +126,21 @@ class ClusterReader:
         for seq, event in events[-lines:] if lines > 0 else []:
             show(seq, event)
         last = events[-1][0] if events else 0
+        outage: str | None = None
         while follow:
-            for seq, event in self.events(name, last):
-                show(seq, event)
-                last = seq
+            try:
+                for seq, event in self.events(name, last):
+                    show(seq, event)
+                    last = seq
+            except DatabaseUnavailable as exc:  # a restart or fail-over: keep following
+                if outage is None:
+                    print(f"vigil: {exc}; still following, retrying", file=sys.stderr)
+                outage = str(exc)
+                time.sleep(OUTAGE_RETRY_S)
+                continue
+            if outage is not None:
+                print(f"vigil: {self.db.where} reachable again", file=sys.stderr)
+                outage = None
             sys.stdout.flush()
             time.sleep(FOLLOW_POLL_S)
 

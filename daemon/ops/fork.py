@@ -27,10 +27,15 @@ import sqlite3
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon import events as ev
-from daemon.agent.sdk import TranscriptForkError, fork_transcript, project_key
+from daemon.agent.sdk import (
+    ForkedTranscript,
+    TranscriptForkError,
+    fork_transcript,
+    project_key,
+)
 from daemon.agent.store import JournalSessionStore
 from daemon.errors import ForkRefusedError, VigilError
 from daemon.events.heal import ConversationView, TurnView, fold
@@ -43,6 +48,9 @@ from daemon.layout import Layout
 from daemon.mirror.database import MirrorError
 from daemon.mirror.db import Mirror
 from daemon.mirror.rebuild import journal_feed
+
+if TYPE_CHECKING:  # the SDK is imported where it is used (about a second to import)
+    from claude_agent_sdk.types import SessionStore
 
 _ANSWERED = ("completed", "quiet")
 
@@ -64,7 +72,7 @@ class ForkResult:
     name: str
     point: ForkPoint
     session_id: str  # the fork's own SDK session
-    journal: Path
+    journal: Path | str  # its journal file, or its event log's place in the database
 
     @property
     def next_turn(self) -> int:
@@ -133,6 +141,38 @@ def check_target_cwd(name: str, configured_cwd: str | None, point: ForkPoint) ->
         )
 
 
+async def copy_transcript(store: SessionStore, point: ForkPoint) -> ForkedTranscript:
+    """The source's transcript up to the cut, copied into a new session of ``store``
+    (the source is only read); ``ForkRefusedError`` when the SDK cannot copy it."""
+    try:
+        return await fork_transcript(store, point.session_id, point.cwd, point.resume_at)
+    except TranscriptForkError as exc:
+        raise ForkRefusedError(
+            f"the transcript of {point.source}'s session {point.session_id} up to turn "
+            f"{point.turn} cannot be copied ({exc})"
+        ) from exc
+
+
+async def discard_transcript(
+    store: SessionStore, point: ForkPoint, copied: ForkedTranscript
+) -> None:
+    """Delete a copied transcript whose ``forked`` record was not written."""
+    await store.delete({"project_key": project_key(point.cwd), "session_id": copied.session_id})
+
+
+def fork_record(point: ForkPoint, copied: ForkedTranscript) -> ev.Event:
+    """The new conversation's first record (pure): where it came from, its session."""
+    return ev.forked(
+        source=point.source,
+        source_session_id=point.session_id,
+        source_turn=point.turn,
+        source_resume_at=point.resume_at,
+        session_id=copied.session_id,
+        resume_at=copied.resume_at,
+        cwd=point.cwd,
+    )
+
+
 async def fork_conversation(
     layout: Layout,
     keyring: Keyring,
@@ -160,26 +200,11 @@ async def fork_conversation(
     point = fork_point(source, view, at)
     check_target_cwd(name, configured_cwd, point)
     store = JournalSessionStore(layout.transcripts, keyring, fsync=fsync)
+    copied = await copy_transcript(store, point)
     try:
-        copied = await fork_transcript(store, point.session_id, point.cwd, point.resume_at)
-    except TranscriptForkError as exc:
-        raise ForkRefusedError(
-            f"the transcript of {source}'s session {point.session_id} up to turn "
-            f"{point.turn} cannot be copied ({exc})"
-        ) from exc
-    record = ev.forked(
-        source=source,
-        source_session_id=point.session_id,
-        source_turn=point.turn,
-        source_resume_at=point.resume_at,
-        session_id=copied.session_id,
-        resume_at=copied.resume_at,
-        cwd=point.cwd,
-    )
-    try:
-        _publish(directory, name, keyring, record, fsync)
+        _publish(directory, name, keyring, fork_record(point, copied), fsync)
     except BaseException:  # not linked in: the copied transcript belongs to nothing
-        await store.delete({"project_key": project_key(point.cwd), "session_id": copied.session_id})
+        await discard_transcript(store, point, copied)
         raise
     fsync_dir(directory)
     result = ForkResult(name, point, copied.session_id, target)

@@ -166,12 +166,23 @@ class JournalDeliveryLog:
         self._record(ev.delivery_done(key.turn, key.delivery, key.sink, attempt))
 
     def failed(
-        self, key: DeliveryKey, attempt: int, error: str, retry_in: timedelta | None
+        self,
+        key: DeliveryKey,
+        attempt: int,
+        error: str,
+        retry_in: timedelta | None,
+        output: str | None = None,
     ) -> None:
         retry_in_s = None if retry_in is None else retry_in.total_seconds()
         self._record(
             ev.delivery_failed(
-                key.turn, key.delivery, key.sink, attempt, error=error, retry_in_s=retry_in_s
+                key.turn,
+                key.delivery,
+                key.sink,
+                attempt,
+                error=error,
+                retry_in_s=retry_in_s,
+                output=output,
             )
         )
 

@@ -17,7 +17,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -68,11 +68,11 @@ class Fleet:
         *,
         every: str = "1s",
         key_path: Path | None = None,
-        cwd: Path | None = None,
+        cwds: Mapping[str, Path] | None = None,
         **daemon: str | int | bool,
     ) -> Path:
-        """Node ``node``'s config: ``jobs`` as (name, prompt), each with a file sink and
-        ``cwd`` (default: the fleet's shared working directory).
+        """Node ``node``'s config: ``jobs`` as (name, prompt), each with a file sink, run
+        in the fleet's shared working directory unless ``cwds`` names another.
         The nodes log conversation text (``log_content``): the checks compare the deltas
         a node showed with the journal."""
         home = self.root / node
@@ -88,7 +88,8 @@ class Fleet:
         out = ["[daemon]", *(f"{k} = {toml_value(v)}" for k, v in settings.items())]
         out += ["", "[cluster]", f'node = "{node}"', f'lease = "{self.lease}"']
         for name, prompt in jobs:
-            keys = {"name": name, "every": every, "prompt": prompt, "cwd": str(cwd or self.work)}
+            cwd = (cwds or {}).get(name, self.work)
+            keys = {"name": name, "every": every, "prompt": prompt, "cwd": str(cwd)}
             out += ["", "[[heartbeat]]", *(f"{k} = {toml_value(v)}" for k, v in keys.items())]
             out += [
                 "",

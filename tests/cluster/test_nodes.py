@@ -24,6 +24,7 @@ from daemon.cluster.db import Database
 from daemon.cluster.view import cluster_view
 from daemon.journal.keyring import generate_key_file
 from daemon.testing.harness import LoopbackModel as DevModel
+from daemon.testing.harness import vigil_argv
 from daemon.testing.process import Daemon, LogLine
 from tests.cluster.checks import check_conversation
 from tests.cluster.conftest import NewDatabase
@@ -297,8 +298,42 @@ def test_a_node_with_other_jobs_or_another_key_refuses_to_join_the_operator_read
     tail = fleet.vigil("node-a", "tail", "inbox", "-n", "3", "--json")
     assert tail.returncode == 0, tail.stderr
     assert len(tail.stdout.splitlines()) == 3
+    check_follow(fleet, first)
     unknown = fleet.vigil("node-a", "history", "nope")
     assert unknown.returncode == 2 and "inbox" in unknown.stderr
 
     assert first.terminate() == 0
     assert not fleet.password_shown()
+
+
+def check_follow(fleet: Fleet, node: Daemon) -> None:
+    """``vigil tail -f`` from another machine follows a conversation from PostgreSQL:
+    every record appended after it started, in order, none missing, as stored."""
+    config = str(fleet.root / "node-b" / "vigil.toml")  # no node runs there
+    follower = Daemon(
+        vigil_argv("tail", "digest", "-f", "-n", "1", "--json", "--config", config),
+        fleet.env(),
+        fleet.root,
+        fleet.orphans,
+    )
+    try:
+        first = follower.wait_for(lambda x: "seq" in x, 30, what="the last record")
+        mark = node.count()
+        node.wait_event("turn_completed", 60, job="digest", start=mark)
+        ended = follower.wait_for(
+            lambda x: x.get("type") == "turn_completed",
+            30,
+            start=follower.lines.index(first) + 1,
+            what="a turn's end, followed",
+        )
+        shown_lines = follower.lines[: follower.lines.index(ended) + 1]
+    finally:
+        follower.close()
+    assert not follower.stderr, follower.stderr
+    stored = {seq: event for seq, event in fleet.events("digest")}
+    seqs = [int(x["seq"]) for x in shown_lines]
+    assert seqs == list(range(int(first["seq"]), seqs[-1] + 1))
+    assert len(seqs) > 2  # at least the turn's start, a delta and its end
+    assert [{k: v for k, v in x.items() if k != "seq"} for x in shown_lines] == [
+        stored[seq] for seq in seqs
+    ]

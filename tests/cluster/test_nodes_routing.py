@@ -190,7 +190,7 @@ def test_a_request_whose_owner_is_stopped_is_refused_in_time_and_never_runs_late
     name = "solo"
     cwd = fleet.root / "solo-cwd"
     for node in NODES:
-        fleet.write_config(node, [(name, "Check in.")], every="1h", cwd=cwd)
+        fleet.write_config(node, [(name, "Check in.")], every="1h", cwds={name: cwd})
     asker = fleet.start("node-a")
     cwd.mkdir()
     owner = fleet.start("node-b")

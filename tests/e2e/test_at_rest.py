@@ -9,6 +9,7 @@ import stat
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,13 +49,29 @@ def test_no_file_under_the_state_directory_holds_conversation_plaintext(site: Si
 @pytest.mark.timeout(120)
 def test_the_default_logs_carry_sizes_never_conversation_text(site: Site) -> None:
     """Under systemd stdout is journald, on disk: by default a log line says how big a
-    prompt, a delta or a reply was, never what it said. ``vigil tail`` shows the text."""
+    prompt, a delta, a reply or a failing sink program's output (it may quote the reply)
+    was, never what it said. ``vigil tail`` and ``history`` show the text."""
     canary = f"canary-{uuid.uuid4().hex}"
     prompt = f"Remember {canary}."
-    site.write_config([Job("secretive", prompt, every="1s")], log_content=False)
+    path = site.write_config([Job("secretive", prompt, every="1s")], log_content=False)
+    # A broken sink program that prints what it was given (the reply) before failing.
+    sinks: list[dict[str, Any]] = [
+        {"type": "stdout"},
+        {"type": "command", "command": ["sh", "-c", "cat >&2; exit 1"]},
+    ]
+    for sink in sinks:
+        path.write_text(
+            path.read_text()
+            + "\n[[heartbeat.sink]]\n"
+            + "".join(f"{k} = {json.dumps(v)}\n" for k, v in sink.items())
+            + "retries = 0\n"
+        )
     daemon = site.start()
-    daemon.wait_event("reply", 30, job="secretive")  # the default stdout sink
+    daemon.wait_event("reply", 30, job="secretive")
+    failed = daemon.wait_event("delivery_failed", 30, job="secretive")
     assert daemon.terminate() == 0
+    assert failed["error"] == "sh exited with status 1"
+    assert "output" not in failed and failed["output_chars"] > len(canary)
     logged = "\n".join([*(json.dumps(x) for x in daemon.lines), *daemon.stderr])
     assert canary not in logged
     started = daemon.events("turn_started", job="secretive")[0]
@@ -66,6 +83,9 @@ def test_the_default_logs_carry_sizes_never_conversation_text(site: Site) -> Non
     # The check can fail: the text is in the journal, and tail reads it from there.
     tail = site.vigil("tail", "secretive", "--config", str(site.config_path))
     assert tail.returncode == 0 and canary in tail.stdout
+    # ... and history shows what the sink's program said, from the journal.
+    errors = [d["error"] for t in site.history("secretive") for d in t["deliveries"]]
+    assert any(e and e.startswith("sh exited with status 1: ") and canary in e for e in errors)
 
 
 @pytest.mark.timeout(120)

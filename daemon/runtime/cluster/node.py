@@ -134,7 +134,10 @@ class ClusterNode:
         every = self.cluster.renew_every.total_seconds()
         while True:
             await asyncio.sleep(every)
-            self.tick()
+            try:
+                self.tick()
+            except Exception as exc:  # a bug: say so, and renew and place at the next tick
+                self.log.exception("cluster_tick_failed", error=repr(exc))
 
     def tick(self) -> None:
         """Renew, notice losses, place (see the module docstring)."""

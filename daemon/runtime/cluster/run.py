@@ -30,7 +30,7 @@ from daemon.runtime.reloading import Reloader
 from daemon.runtime.status import status_line
 
 if TYPE_CHECKING:
-    from daemon.config.model import HeartbeatConfig
+    from daemon.config.model import Config, HeartbeatConfig
     from daemon.runtime.supervisor import Supervisor
 
 __all__ = ["ClusterRun"]
@@ -54,8 +54,9 @@ class ClusterReloader(Reloader):
 
     node: ClusterNode | None = None
 
-    def reload(self) -> bool:
-        applied = super().reload()
+    def apply(self, new: Config | str) -> bool:
+        # ``apply``, where both reload paths (``reload`` and ``reload_off_loop``) end.
+        applied = super().apply(new)
         if applied and self.node is not None:
             self.node.reconfigured()
         return applied
