@@ -28,7 +28,7 @@ class Log:
     def info(self, event: str, **fields: Any) -> None:
         self.lines.append((event, fields))
 
-    warning = info
+    warning = exception = info
 
 
 @dataclass
@@ -57,6 +57,7 @@ class Runtime:
 class Supervisor:
     rt: Runtime
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    broken: bool = False
 
     def request_beat(self, name: str) -> tuple[bool, str]:
         self.calls.append(("beat", {"job": name}))
@@ -64,6 +65,8 @@ class Supervisor:
 
     def operator_request(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
         self.calls.append((op, request))
+        if self.broken:
+            raise RuntimeError("a bug")
         return {"ok": True, "request": "r-1"}
 
 
@@ -116,6 +119,24 @@ def test_without_notifications_the_owner_serves_at_its_tick(pg_dsn: str, keyring
     assert server.serve() == 0  # each ran once
     latencies = [f["latency_ms"] for e, f in asker.log.lines if e == "routed_request_answered"]
     assert len(latencies) == 2
+
+
+def test_a_request_the_owner_fails_on_is_answered_refused(pg_dsn: str, keyring: Keyring) -> None:
+    clock = ManualClock()
+    _, _, _, asker = _node(pg_dsn, "node-a", keyring, clock)
+    owner_sup, owner, server, _ = _node(pg_dsn, "node-b", keyring, clock)
+    owner.backend.leases.acquire("inbox")
+    owner.rt.jobs["inbox"] = Job("inbox")
+    owner_sup.broken = True
+
+    async def run() -> Any:
+        asked = asyncio.ensure_future(asker.operator_request("resume", {"job": "inbox"}))
+        await asyncio.sleep(0.2)
+        assert server.serve() == 1
+        return await asyncio.wait_for(asked, 2)
+
+    answer = asyncio.run(run())
+    assert answer == {"ok": False, "error": "node node-b failed to run it: RuntimeError('a bug')"}
 
 
 def test_a_request_nobody_takes_is_refused_naming_the_owner_and_never_runs(

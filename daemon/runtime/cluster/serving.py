@@ -87,7 +87,11 @@ class RequestServer:
         return len(claimed)
 
     def _serve_one(self, claimed: Claimed) -> None:
-        answer = run_request(self.sup, claimed)
+        try:
+            answer = run_request(self.sup, claimed)
+        except Exception as exc:  # a bug: answer it, so the requester is not left waiting
+            self.log.exception("routed_request_failed", job=claimed.conversation, op=claimed.op)
+            answer = {"ok": False, "error": f"node {self.node.name} failed to run it: {exc!r}"}
         try:
             stored = self.requests.answer(claimed, answer)
         except DatabaseUnavailable as exc:  # the requester gives up at its deadline
