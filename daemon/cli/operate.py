@@ -210,6 +210,8 @@ def cmd_send(
     asked = {"op": "send", "job": name, "text": text}
     answer = _checked("send", name, ask(layout, asked, timeout))
     request = str(answer["request"])
+    if isinstance(answer.get("epoch"), int):
+        follower.epoch = answer["epoch"]
     out = sys.stdout
 
     def show(delta: str) -> None:
@@ -254,6 +256,8 @@ class SentTurn:
 
 class TurnFollower:
     """Reads the records appended to a journal from now on, authenticated, in order."""
+
+    epoch: int | None = None  # a cluster's: the lease epoch the send was accepted under
 
     def __init__(self, path: Path, name: str, keyring: Keyring) -> None:
         self.path, self.name, self.keyring = path, name, keyring
@@ -302,13 +306,19 @@ class TurnFollower:
                     return turn
             if time.monotonic() - checked >= ALIVE_EVERY_S:
                 checked = time.monotonic()
-                if not alive():
+                why = "daemon_stopped" if not alive() else self.abandoned(turn)
+                if why is not None:
                     for event in self.poll():
                         if self._apply(turn, request, event, on_delta):
                             return turn
-                    turn.status, turn.reason = "interrupted", "daemon_stopped"
-                    return turn
+                    if why == "daemon_stopped" or turn.turn is None:
+                        turn.status, turn.reason = "interrupted", why
+                        return turn
             time.sleep(poll_s)
+
+    def abandoned(self, turn: SentTurn) -> str | None:
+        """Why the turn will never come although the daemon runs (None: it may)."""
+        return None
 
     @staticmethod
     def _apply(turn: SentTurn, request: str, event: Event, on_delta: Any) -> bool:
@@ -346,9 +356,18 @@ class ClusterTurnFollower(TurnFollower):
 
     def __init__(self, reader: ClusterReader, name: str) -> None:  # the parent reads a file
         self.reader, self.name = reader, name
-        self.last = 0
-        for seq, _ in reader.events(name):
-            self.last = seq
+        self.last = reader.store.last_seq(name)
+
+    def abandoned(self, turn: SentTurn) -> str | None:
+        """The node that accepted the send lost the conversation before its turn began:
+        the new owner never heard of it (``vigil history`` shows no such turn)."""
+        if turn.turn is not None or self.epoch is None:
+            return None
+        try:
+            lease = self.reader.store.leases.owner(self.name)
+        except VigilError:  # the database is unreachable: cannot tell, keep following
+            return None
+        return "ownership_moved" if lease is None or lease.epoch != self.epoch else None
 
     def poll(self) -> list[Event]:
         events: list[Event] = []

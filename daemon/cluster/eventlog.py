@@ -312,6 +312,11 @@ class PgEventLogStore:
         rows = self._query("SELECT conversation FROM conversations", ())
         return sorted(str(r[0]) for r in rows)
 
+    def last_seq(self, name: str) -> int:
+        """The conversation's last sequence number (0 for none), in one statement."""
+        rows = self._query("SELECT max(seq) FROM events WHERE conversation = %s", (name,))
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
     def exists(self, name: str) -> bool:
         return bool(self._query("SELECT 1 FROM conversations WHERE conversation = %s", (name,)))
 

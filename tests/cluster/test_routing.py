@@ -110,7 +110,8 @@ def test_without_notifications_the_owner_serves_at_its_tick(pg_dsn: str, keyring
         return await asyncio.wait_for(sent, 2), await asyncio.wait_for(beat, 2)
 
     sent, beat = asyncio.run(run())
-    assert sent == {"ok": True, "request": "r-1"}
+    # A send's answer names the epoch it was accepted under (its follower's reference).
+    assert sent == {"ok": True, "request": "r-1", "epoch": 1}
     assert beat == (True, "")
     assert sorted(owner_sup.calls) == [
         ("beat", {"job": "inbox"}),

@@ -36,7 +36,7 @@ from daemon.cluster.errors import DatabaseUnavailable
 from daemon.cluster.requests import RequestState, RoutedRequests
 from daemon.config.cluster import ROUTE_CLAIMED_GRACE
 from daemon.journal.framing import FrameError
-from daemon.runtime.cluster.serving import RequestServer
+from daemon.runtime.cluster.serving import RequestServer, accepted_at
 
 if TYPE_CHECKING:
     from daemon.runtime.cluster.node import ClusterNode
@@ -112,7 +112,9 @@ class RoutedControl:
     def operator_request(self, op: str, request: dict[str, Any]) -> Answer | Awaitable[Answer]:
         name = request.get("job")
         if not isinstance(name, str) or self.here(name):
-            return self.sup.operator_request(op, request)
+            lease = self.node.backend.leases.held(name) if isinstance(name, str) else None
+            answer = self.sup.operator_request(op, request)
+            return accepted_at(answer, op, None if lease is None else lease.epoch)
         return self.route(name, op, request)
 
     def here(self, name: str) -> bool:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from daemon.runtime.cluster.node import ClusterNode
     from daemon.runtime.supervisor import Supervisor
 
-__all__ = ["EXPIRE_AFTER", "RequestServer", "run_request"]
+__all__ = ["EXPIRE_AFTER", "RequestServer", "accepted_at", "run_request"]
 
 EXPIRE_EVERY_S = 60.0
 EXPIRE_AFTER = timedelta(minutes=10)
@@ -46,8 +46,18 @@ def run_request(sup: Supervisor, claimed: Claimed) -> Answer:
         ok, why = sup.request_beat(conversation)
         return {"ok": True} if ok else {"ok": False, "error": why}
     if op in OPERATOR_OPS:
-        return sup.operator_request(op, {**request, "op": op, "job": conversation})
+        answer = sup.operator_request(op, {**request, "op": op, "job": conversation})
+        return accepted_at(answer, op, claimed.epoch)
     return {"ok": False, "error": f"unknown op {op!r}"}
+
+
+def accepted_at(answer: Answer, op: str, epoch: int | None) -> Answer:
+    """A send's answer names the lease epoch it was accepted under: a ``vigil send``
+    following its turn gives up when the conversation moves on before that turn began
+    (the node that accepted it lost it: the turn will never start)."""
+    if op == "send" and answer.get("ok") and epoch is not None:
+        return {**answer, "epoch": epoch}
+    return answer
 
 
 class RequestServer:
