@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -21,7 +22,9 @@ from psycopg import sql
 from daemon.cluster.db import Connection, Database
 from daemon.cluster.schema import migrate
 from daemon.journal.keyring import Keyring
+from daemon.testing.harness import LoopbackModel
 from daemon.testing.postgres import PostgresError, PostgresMissing, PostgresServer
+from tests.cluster.fleet import LEASE_S, Fleet
 
 NewDatabase = Callable[[], str]
 
@@ -89,3 +92,24 @@ def wipe(dsn: str) -> str:
             " routed_requests"
         )
     return dsn
+
+
+@pytest.fixture
+def dev_model() -> Iterator[LoopbackModel]:
+    """The loopback model the fleet's CLIs talk to."""
+    model = LoopbackModel()
+    try:
+        yield model
+    finally:
+        model.stop()
+
+
+@pytest.fixture
+def fleet(new_database: NewDatabase, dev_model: LoopbackModel, tmp_path: Path) -> Iterator[Fleet]:
+    """Real ``vigil run`` nodes (none started yet) on a fresh database, lease
+    :data:`~tests.cluster.fleet.LEASE_S`; each node's log is kept in ``tmp_path``."""
+    made = Fleet(new_database(), dev_model, lease=f"{LEASE_S:g}s")  # vigil migrates it
+    try:
+        yield made
+    finally:
+        made.close(keep=tmp_path)

@@ -32,6 +32,7 @@ from daemon.testing.harness import LoopbackModel as DevModel
 from daemon.testing.process import Daemon
 from daemon.testing.proctree import OrphanWatch
 
+LEASE_S = 3.0  # the tests' lease: short, so takeovers happen within a test's patience
 DROPPED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "VIGIL_CONFIG", "TMPDIR")
 DROPPED_PREFIXES = ("ANTHROPIC_", "CLAUDE_", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "VIGIL_")
 

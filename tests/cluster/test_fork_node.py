@@ -9,37 +9,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from daemon.testing.harness import LoopbackModel as DevModel
 from tests.cluster.checks import check_memory, check_turns_once
-from tests.cluster.conftest import NewDatabase
 from tests.cluster.fleet import Fleet
 from tests.cluster.test_nodes import wait_until
 from tests.e2e.conftest import parse_reply, shown
 
 TURN_WAIT_S = 60.0
-
-
-@pytest.fixture
-def dev_model() -> Iterator[DevModel]:
-    model = DevModel()
-    try:
-        yield model
-    finally:
-        model.stop()
-
-
-@pytest.fixture
-def fleet(new_database: NewDatabase, dev_model: DevModel, tmp_path: Any) -> Iterator[Fleet]:
-    made = Fleet(new_database(), dev_model, lease="3s")
-    try:
-        yield made
-    finally:
-        made.close(keep=tmp_path)
 
 
 def completed(fleet: Fleet, name: str) -> int:

@@ -11,39 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from daemon.testing.harness import LoopbackModel as DevModel
 from daemon.testing.harness import vigil_argv
 from daemon.testing.process import Daemon
 from tests.cluster.checks import check_memory, check_turns_once
-from tests.cluster.conftest import NewDatabase
 from tests.cluster.fleet import Fleet
 from tests.cluster.test_nodes import wait_until
 
 NAMES = ["inbox", "digest", "monitor"]
-
-
-@pytest.fixture
-def dev_model() -> Iterator[DevModel]:
-    model = DevModel()
-    try:
-        yield model
-    finally:
-        model.stop()
-
-
-@pytest.fixture
-def fleet(new_database: NewDatabase, dev_model: DevModel, tmp_path: Any) -> Iterator[Fleet]:
-    made = Fleet(new_database(), dev_model, lease="3s")
-    try:
-        yield made
-    finally:
-        made.close(keep=tmp_path)
 
 
 def file_config(cluster_config: Path) -> Path:

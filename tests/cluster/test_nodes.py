@@ -14,7 +14,6 @@ import json
 import signal
 import statistics
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,32 +22,10 @@ import pytest
 from daemon.cluster.db import Database
 from daemon.cluster.view import cluster_view
 from daemon.journal.keyring import generate_key_file
-from daemon.testing.harness import LoopbackModel as DevModel
 from daemon.testing.harness import vigil_argv
 from daemon.testing.process import Daemon, LogLine
 from tests.cluster.checks import check_conversation
-from tests.cluster.conftest import NewDatabase
-from tests.cluster.fleet import Fleet
-
-LEASE_S = 3.0
-
-
-@pytest.fixture
-def dev_model() -> Iterator[DevModel]:
-    model = DevModel()
-    try:
-        yield model
-    finally:
-        model.stop()
-
-
-@pytest.fixture
-def fleet(new_database: NewDatabase, dev_model: DevModel, tmp_path: Any) -> Iterator[Fleet]:
-    made = Fleet(new_database(), dev_model, lease=f"{LEASE_S:g}s")  # vigil migrates it
-    try:
-        yield made
-    finally:
-        made.close(keep=tmp_path)
+from tests.cluster.fleet import LEASE_S, Fleet
 
 
 def owners(fleet: Fleet) -> dict[str, str]:

@@ -15,37 +15,14 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from daemon.testing.harness import LoopbackModel as DevModel
-from tests.cluster.conftest import NewDatabase
-from tests.cluster.fleet import Fleet
+from tests.cluster.fleet import LEASE_S, Fleet
 from tests.cluster.test_nodes import owners, wait_until
 
-LEASE_S = 3.0
 BEFORE = [("inbox", "inbox beat"), ("digest", "digest beat")]
 AFTER = [("inbox", "inbox beat"), ("report", "report beat")]
-
-
-@pytest.fixture
-def dev_model() -> Iterator[DevModel]:
-    model = DevModel()
-    try:
-        yield model
-    finally:
-        model.stop()
-
-
-@pytest.fixture
-def fleet(new_database: NewDatabase, dev_model: DevModel, tmp_path: Any) -> Iterator[Fleet]:
-    made = Fleet(new_database(), dev_model, lease=f"{LEASE_S:g}s")
-    try:
-        yield made
-    finally:
-        made.close(keep=tmp_path)
 
 
 def completed(fleet: Fleet, name: str) -> int:

@@ -9,40 +9,19 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from daemon.cluster.placement import owner_of
-from daemon.testing.harness import LoopbackModel as DevModel
 from daemon.testing.harness import vigil_argv
-from tests.cluster.conftest import NewDatabase
 from tests.cluster.fleet import Fleet
 from tests.cluster.test_nodes import settled, wait_until
 from tests.e2e.conftest import parse_reply
 
 NODES = ["node-a", "node-b"]
 SENT = "Remember the word pelican."
-
-
-@pytest.fixture
-def dev_model() -> Iterator[DevModel]:
-    model = DevModel()
-    try:
-        yield model
-    finally:
-        model.stop()
-
-
-@pytest.fixture
-def fleet(new_database: NewDatabase, dev_model: DevModel, tmp_path: Any) -> Iterator[Fleet]:
-    made = Fleet(new_database(), dev_model, lease="3s")
-    try:
-        yield made
-    finally:
-        made.close(keep=tmp_path)
 
 
 def placed_on(node: str) -> str:
