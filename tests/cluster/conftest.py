@@ -25,6 +25,7 @@ from daemon.journal.keyring import Keyring
 from daemon.testing.harness import LoopbackModel
 from daemon.testing.postgres import PostgresError, PostgresMissing, PostgresServer
 from tests.cluster.fleet import LEASE_S, Fleet
+from tests.e2e.conftest import dev_model  # noqa: F401  # the loopback model, a fixture
 
 NewDatabase = Callable[[], str]
 
@@ -95,17 +96,11 @@ def wipe(dsn: str) -> str:
 
 
 @pytest.fixture
-def dev_model() -> Iterator[LoopbackModel]:
-    """The loopback model the fleet's CLIs talk to."""
-    model = LoopbackModel()
-    try:
-        yield model
-    finally:
-        model.stop()
-
-
-@pytest.fixture
-def fleet(new_database: NewDatabase, dev_model: LoopbackModel, tmp_path: Path) -> Iterator[Fleet]:
+def fleet(
+    new_database: NewDatabase,
+    dev_model: LoopbackModel,  # noqa: F811  # the fixture imported above
+    tmp_path: Path,
+) -> Iterator[Fleet]:
     """Real ``vigil run`` nodes (none started yet) on a fresh database, lease
     :data:`~tests.cluster.fleet.LEASE_S`; each node's log is kept in ``tmp_path``."""
     made = Fleet(new_database(), dev_model, lease=f"{LEASE_S:g}s")  # vigil migrates it
