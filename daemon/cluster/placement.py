@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-__all__ = ["Move", "assign", "owner_of", "plan", "score"]
+__all__ = ["Move", "assign", "next_tick_in", "owner_of", "plan", "score"]
 
 Eligible = Callable[[str, str], bool]  # (node, conversation) -> may that node own it
 
@@ -72,3 +73,24 @@ def plan(
     """
     wanted = assign(current, nodes, eligible)
     return [Move(c, current[c], wanted[c]) for c in sorted(current) if current[c] != wanted[c]]
+
+
+EXPIRY_MARGIN = timedelta(milliseconds=50)  # past a silent node's last moment, then look
+MIN_TICK = timedelta(milliseconds=50)
+
+
+def next_tick_in(
+    now: datetime,
+    every: timedelta,
+    lease: timedelta,
+    heartbeats: Iterable[datetime],
+) -> timedelta:
+    """How long a node waits before its next tick: ``every`` (a third of the lease), or
+    less, just after the earliest of the other live nodes' heartbeats runs out
+    (``heartbeat + lease``). A node that died is then no longer live and its leases
+    have run out (they were renewed just before that heartbeat): its conversations are
+    placed elsewhere at once, not up to a tick later. A live node's heartbeat is renewed
+    every third of the lease, so it never shortens a tick."""
+    ends = [beat + lease - now for beat in heartbeats]
+    soonest = min((end for end in ends if end > timedelta(0)), default=every)
+    return max(min(every, soonest + EXPIRY_MARGIN), MIN_TICK)

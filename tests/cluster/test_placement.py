@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.cluster.placement import Move, assign, owner_of, plan
+from daemon.cluster.placement import Move, assign, next_tick_in, owner_of, plan
 
 NAMES = st.text(alphabet="abcdefghij-0123456789", min_size=1, max_size=12)
 CONVERSATIONS = [f"conv-{i}" for i in range(3000)]
@@ -57,3 +58,20 @@ def test_eligibility_and_the_plan() -> None:
     assert Move("conv-1", "node-a", "node-b") in moves
     assert [m.conversation for m in moves] == ["c3", "conv-1"]
     assert plan({"conv-1": "node-a"}, [], eligible) == [Move("conv-1", "node-a", None)]
+
+
+def test_a_tick_comes_just_after_a_silent_nodes_heartbeat_runs_out() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    every, lease = timedelta(seconds=5), timedelta(seconds=15)
+    # Nobody else, or every other node beat recently: the regular third of the lease.
+    assert next_tick_in(now, every, lease, []) == every
+    assert next_tick_in(now, every, lease, [now, now - timedelta(seconds=9)]) == every
+    # A node silent for 12 s runs out in 3 s: look just after that.
+    silent = now - timedelta(seconds=12)
+    tick = next_tick_in(now, every, lease, [now, silent])
+    assert timedelta(seconds=3) < tick < timedelta(seconds=3.2)
+    # Already past (it is dropped from the live nodes at this tick): the regular tick.
+    assert next_tick_in(now, every, lease, [now - timedelta(seconds=20)]) == every
+    # Never a busy loop.
+    edge = now - lease + timedelta(microseconds=1)
+    assert next_tick_in(now, every, lease, [edge]) >= timedelta(milliseconds=50)

@@ -1,6 +1,7 @@
 """One node of the cluster: joining, leases, placement, hand-over and loss.
 
-Every third of ``lease`` (:meth:`ClusterNode.tick`):
+Every third of ``lease`` (:meth:`ClusterNode.tick`), and just after another node's
+last heartbeat runs out (a node that died: its conversations move at once):
 
 1. **Renew** every lease this node holds in one statement, and its membership row.
    A conversation whose lease was not renewed was taken over by another node (this
@@ -26,12 +27,13 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from daemon.cluster.errors import DatabaseUnavailable, LeaseHeld
 from daemon.cluster.join import NodeCard, join_refusal
 from daemon.cluster.leases import NodeInfo
-from daemon.cluster.placement import owner_of
+from daemon.cluster.placement import next_tick_in, owner_of
 from daemon.cluster.view import cluster_view, view_json
 from daemon.config.cluster import ClusterConfig
 from daemon.config.model import HeartbeatConfig
@@ -131,9 +133,8 @@ class ClusterNode:
     # --- the loop --------------------------------------------------------------------
 
     async def run(self) -> None:
-        every = self.cluster.renew_every.total_seconds()
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(self.next_tick_in().total_seconds())
             try:
                 self.tick()
             except Exception as exc:  # a bug: say so, and renew and place at the next tick
@@ -161,6 +162,12 @@ class ClusterNode:
             self.place()
             if self.after_tick is not None:
                 self.after_tick()
+
+    def next_tick_in(self) -> timedelta:
+        """A third of the lease, or just past another node's last heartbeat's end."""
+        beats = [n.heartbeat_at for n in self.nodes if n.node != self.name]
+        cluster = self.cluster
+        return next_tick_in(self.rt.clock.now(), cluster.renew_every, cluster.lease, beats)
 
     def place(self) -> None:
         rt = self.rt
